@@ -10,7 +10,7 @@ packages=(build-essential cmake ninja-build pkg-config
           nlohmann-json3-dev
           libgtest-dev)
 # A single-machine SLURM for the jobs/ tests.
-slurm_packages=(slurmctld slurmd slurm-client munge)
+slurm_packages=(slurmctld slurmd slurm-client munge libpmix-dev)  # srun --mpi=pmix dlopens pmix2/lib/libpmix.so from libpmix-dev
 if [[ "${1:-}" == "--with-slurm" ]]; then
   packages+=("${slurm_packages[@]}")
 fi
