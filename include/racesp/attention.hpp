@@ -27,7 +27,7 @@
 namespace racesp {
 
 struct CpuOptions {
-    std::int64_t block_tokens = 256;  // float32 accumulation block; changes rounding only
+    std::int64_t block_tokens = 64;  // tokens per float32 block (matrix products); changes rounding only
     std::int64_t chunk_tokens = 0;    // tokens per parallel work item; 0 picks from the thread count
 };
 

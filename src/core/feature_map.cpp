@@ -1,70 +1,123 @@
 #include "feature_map.hpp"
 
-#include <cmath>
+#include <bit>
+#include <cstdint>
+#include <vector>
 
 namespace racesp::core {
 
 namespace {
 
-// sigma(x) = 1 / (1 + e^-x); exp overflow gives inf and a clean 0, never NaN.
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+// exp(x) in float32 to about 2 ulp, written so that loops over it vectorise (libm's expf is not
+// vectorised without -ffast-math). Arguments are clamped to [-87, 88]: results below e^-87
+// (1.6e-38) are of no consequence next to the sums they enter.
+inline float fast_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = __builtin_roundevenf(x * 1.44269504088896341f);
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;  // x - n ln2, two parts
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;
+    return p * std::bit_cast<float>(bits);
+}
+
+// tanh(x) = sign(x) (1 - 2 / (e^{2|x|} + 1)): accurate in absolute terms, which is what u needs
+// (it enters only through sigma(2 beta u) and 1 - u^2).
+inline float fast_tanh(float x) {
+    const float a = x < 0 ? -x : x;
+    const float t = 1.0f - 2.0f / (fast_exp(2.0f * a) + 1.0f);
+    return x < 0 ? -t : t;
+}
+
+// The two probabilities sigma(y) and sigma(-y) from one exponential, each to full relative precision.
+inline void sigmoid_pair(float y, float& plus, float& minus) {
+    const float e = fast_exp(y < 0 ? y : -y);  // e^{-|y|}
+    const float big = 1.0f / (1.0f + e), small = e * big;
+    plus = y >= 0 ? big : small;
+    minus = y >= 0 ? small : big;
+}
 
 }  // namespace
 
-void feature_map(const float* planes_of_head, int tables, int planes, std::int64_t dim, float beta,
-                 const float* x, float* u, float* phi) {
-    const int buckets = 1 << planes;
-    for (int l = 0; l < tables; ++l) {
-        float* ul = u + l * planes;
-        for (int p = 0; p < planes; ++p) {
-            const float* w = planes_of_head + (static_cast<std::int64_t>(l) * planes + p) * dim;
-            float z = 0.0f;
-#pragma omp simd reduction(+ : z)
-            for (std::int64_t d = 0; d < dim; ++d) z += w[d] * x[d];
-            ul[p] = std::tanh(z);
-        }
+void feature_map_rows(int tables, int planes, float beta, std::int64_t n, float* z_to_u, float* phi) {
+    const std::int64_t lp = static_cast<std::int64_t>(tables) * planes, buckets = std::int64_t{1} << planes;
+#pragma omp simd
+    for (std::int64_t i = 0; i < n * lp; ++i) z_to_u[i] = fast_tanh(z_to_u[i]);
+    std::vector<float> plus(static_cast<std::size_t>(lp)), minus(static_cast<std::size_t>(lp));
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float* u = z_to_u + i * lp;
+#pragma omp simd
+        for (std::int64_t j = 0; j < lp; ++j) sigmoid_pair(2.0f * beta * u[j], plus[j], minus[j]);
         // Product of P two-way choices, built plane by plane: after step p, index bits hold planes
-        // 0..p with plane 0 most significant. sigma(-y) is computed directly, not as 1 - sigma(y),
-        // so a near-certain bit keeps its small probability's digits.
-        float* f = phi + static_cast<std::int64_t>(l) * buckets;
-        f[0] = 1.0f;
-        for (int p = 0; p < planes; ++p) {
-            const float y = 2.0f * beta * ul[p];
-            const float plus = sigmoid(y), minus = sigmoid(-y);
-            for (int r = (1 << p) - 1; r >= 0; --r) {
-                f[2 * r + 1] = f[r] * plus;
-                f[2 * r] = f[r] * minus;
+        // 0..p with plane 0 the most significant.
+        for (int l = 0; l < tables; ++l) {
+            float* f = phi + (i * tables + l) * buckets;
+            f[0] = 1.0f;
+            for (int p = 0; p < planes; ++p) {
+                const float s1 = plus[l * planes + p], s0 = minus[l * planes + p];
+                for (std::int64_t r = (std::int64_t{1} << p) - 1; r >= 0; --r) {
+                    f[2 * r + 1] = f[r] * s1;
+                    f[2 * r] = f[r] * s0;
+                }
             }
         }
     }
 }
 
-double feature_map_backward(const float* planes_of_head, int tables, int planes, std::int64_t dim,
-                            float beta, const float* u, const float* phi, const float* g, float* dx) {
-    const int buckets = 1 << planes;
+double feature_map_backward_rows(int tables, int planes, float beta, std::int64_t n, const float* u,
+                                 const float* phi, const float* g, float* dz) {
+    const std::int64_t buckets = std::int64_t{1} << planes, lp = static_cast<std::int64_t>(tables) * planes;
     double dbeta = 0.0;
-    for (int l = 0; l < tables; ++l) {
-        const float* ul = u + l * planes;
-        const float* f = phi + static_cast<std::int64_t>(l) * buckets;
-        const float* gl = g + static_cast<std::int64_t>(l) * buckets;
-        // m0 = sum_r g_r phi_r;  m_p = sum_r g_r phi_r c_{r,p}
-        float m[10] = {};
-        float m0 = 0.0f;
-        for (int r = 0; r < buckets; ++r) {
-            const float gf = gl[r] * f[r];
-            m0 += gf;
-            for (int p = 0; p < planes; ++p) m[p] += (r >> (planes - 1 - p)) & 1 ? gf : -gf;
-        }
-        for (int p = 0; p < planes; ++p) {
-            const float t = std::tanh(beta * ul[p]);  // = 2 sigma(2 beta u) - 1
-            const float common = m[p] - t * m0;
-            dbeta += static_cast<double>(ul[p]) * common;
-            const float dz = (1.0f - ul[p] * ul[p]) * beta * common;
-            const float* w = planes_of_head + (static_cast<std::int64_t>(l) * planes + p) * dim;
-#pragma omp simd
-            for (std::int64_t d = 0; d < dim; ++d) dx[d] += dz * w[d];
+    for (std::int64_t i = 0; i < n; ++i) {
+        for (int l = 0; l < tables; ++l) {
+            const std::int64_t row = (i * tables + l) * buckets;
+            const float* f = phi + row;
+            const float* gl = g + row;
+            // m0 = sum_r g_r phi_r;  m_p = sum_r g_r phi_r c_{r,p}
+            float m[10] = {};
+            float m0 = 0.0f;
+            for (std::int64_t r = 0; r < buckets; ++r) {
+                const float gf = gl[r] * f[r];
+                m0 += gf;
+                for (int p = 0; p < planes; ++p) m[p] += (r >> (planes - 1 - p)) & 1 ? gf : -gf;
+            }
+            const float* ul = u + i * lp + l * planes;
+            float* dzl = dz + i * lp + l * planes;
+            for (int p = 0; p < planes; ++p) {
+                const float t = fast_tanh(beta * ul[p]);  // = 2 sigma(2 beta u) - 1
+                const float common = m[p] - t * m0;
+                dbeta += static_cast<double>(ul[p]) * common;
+                dzl[p] = (1.0f - ul[p] * ul[p]) * beta * common;
+            }
         }
     }
+    return dbeta;
+}
+
+void feature_map(const float* planes_of_head, int tables, int planes, std::int64_t dim, float beta,
+                 const float* x, float* u, float* phi) {
+    for (std::int64_t j = 0; j < static_cast<std::int64_t>(tables) * planes; ++j) {
+        const float* w = planes_of_head + j * dim;
+        float z = 0.0f;
+        for (std::int64_t d = 0; d < dim; ++d) z += w[d] * x[d];
+        u[j] = z;
+    }
+    feature_map_rows(tables, planes, beta, 1, u, phi);
+}
+
+double feature_map_backward(const float* planes_of_head, int tables, int planes, std::int64_t dim,
+                            float beta, const float* u, const float* phi, const float* g, float* dx) {
+    const std::int64_t lp = static_cast<std::int64_t>(tables) * planes;
+    std::vector<float> dz(static_cast<std::size_t>(lp));
+    const double dbeta = feature_map_backward_rows(tables, planes, beta, 1, u, phi, g, dz.data());
+    for (std::int64_t j = 0; j < lp; ++j)
+        for (std::int64_t d = 0; d < dim; ++d) dx[d] += dz[j] * planes_of_head[j * dim + d];
     return dbeta;
 }
 
