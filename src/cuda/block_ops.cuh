@@ -1,0 +1,173 @@
+// Block-wide building blocks of the segment kernels, on float32 tiles in shared memory:
+// a small matrix product, loads and stores of token rows, and the RACE feature map with its
+// backward. Every function is called by all threads of the block and ends with a barrier.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace racesp::cuda {
+
+template <class T> __device__ __forceinline__ float to_float(T x);
+template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+
+template <class T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half(x); }
+
+// Cm (m x n, leading dim ldc) =, += or -= A B, with A(i,p) = A[i*ars + p*acs] and
+// B(p,j) = B[p*brs + j*bcs]. Each thread owns a 4x4 micro-tile whose rows and columns are
+// interleaved (i = ti + r*nti, j = tj + c*ntj), so neighbouring threads read neighbouring
+// columns of B and share rows of A (broadcast).
+enum class Into { set, add, sub };
+
+template <Into mode>
+__device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
+                           int brs, int bcs, float* Cm, int ldc) {
+    const int nti = (m + 3) / 4, ntj = (n + 3) / 4;
+    for (int t = threadIdx.x; t < nti * ntj; t += blockDim.x) {
+        const int ti = t / ntj, tj = t % ntj;
+        float acc[4][4] = {};
+        for (int p = 0; p < k; ++p) {
+            float a[4], b[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = ti + r * nti;
+                a[r] = i < m ? A[i * ars + p * acs] : 0.0f;
+            }
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int j = tj + c * ntj;
+                b[c] = j < n ? B[p * brs + j * bcs] : 0.0f;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) acc[r][c] = fmaf(a[r], b[c], acc[r][c]);
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int i = ti + r * nti;
+            if (i >= m) continue;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int j = tj + c * ntj;
+                if (j >= n) continue;
+                if (mode == Into::add) Cm[i * ldc + j] += acc[r][c];
+                else if (mode == Into::sub) Cm[i * ldc + j] -= acc[r][c];
+                else Cm[i * ldc + j] = acc[r][c];
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// Zeroes entries above the diagonal (j > i) of a C x C tile: token i sees tokens j <= i.
+__device__ inline void mask_causal(float* a, int C, int ld) {
+    for (int e = threadIdx.x; e < C * C; e += blockDim.x) {
+        const int i = e / C, j = e % C;
+        if (j > i) a[i * ld + j] = 0.0f;
+    }
+    __syncthreads();
+}
+
+// Rows t0..t0+n-1 of head h in a [B, T, H, D] tensor into dst (C rows, leading dim ld);
+// rows n..C-1 become zero. With `ones`, column D is 1 on valid rows ([v, 1]).
+template <class T>
+__device__ void load_rows(float* dst, int ld, const T* src, long long row0, long long row_stride,
+                          int D, int C, int n, bool ones) {
+    for (int e = threadIdx.x; e < C * D; e += blockDim.x) {
+        const int i = e / D, d = e % D;
+        dst[i * ld + d] = i < n ? to_float(src[row0 + i * row_stride + d]) : 0.0f;
+    }
+    if (ones)
+        for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
+    __syncthreads();
+}
+
+// dst rows t0..t0+n-1 = src (scaled per row by inv[i] when inv != nullptr, stride inv_ld).
+template <class T>
+__device__ void store_rows(T* dst, long long row0, long long row_stride, const float* src, int ld,
+                           int D, int n) {
+    for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
+        const int i = e / D, d = e % D;
+        dst[row0 + i * row_stride + d] = from_float<T>(src[i * ld + d]);
+    }
+    __syncthreads();
+}
+
+// The feature map of n rows of X (DESIGN.md §1): u = tanh(X Wp^T) into u, then
+// phi_l[r] = prod_p sigma(+-2 beta u_p), multiplied plane by plane from plane 0 as the CPU does;
+// sigma(-y) is computed directly so a near-certain bit keeps its small probability's digits.
+// Rows n..C-1 of phi are zero, so padding tokens contribute nothing.
+__device__ inline void feature_map(const float* X, int ldD, const float* Wp, float* u, int ldLP,
+                                   float* sig, int ldSig, float* phi, int ldM, int C, int n, int D,
+                                   int L, int P, float beta) {
+    const int LP = L * P, R = 1 << P, M = L * R;
+    block_gemm<Into::set>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
+    for (int e = threadIdx.x; e < C * LP; e += blockDim.x) {
+        const int i = e / LP, p = e % LP;
+        const float uu = tanhf(u[i * ldLP + p]);
+        u[i * ldLP + p] = uu;
+        const float y = 2.0f * beta * uu;
+        sig[i * ldSig + 2 * p] = 1.0f / (1.0f + expf(-y));     // bit set
+        sig[i * ldSig + 2 * p + 1] = 1.0f / (1.0f + expf(y));  // bit clear
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
+        const int i = e / M, m = e % M;
+        float f = 0.0f;
+        if (i < n) {
+            const int l = m / R, r = m % R;
+            const float* s = sig + i * ldSig + 2 * l * P;
+            f = 1.0f;
+            for (int p = 0; p < P; ++p) f *= s[2 * p + (((r >> (P - 1 - p)) & 1) ? 0 : 1)];
+        }
+        phi[i * ldM + m] = f;
+    }
+    __syncthreads();
+}
+
+// Backward of the feature map (DESIGN.md §2) for n rows: given g = dL/dphi, writes
+// dL/dz into dz (C x LP; zero on padding rows) and returns this thread's part of dL/dbeta.
+__device__ inline double feature_map_backward(const float* u, int ldLP, const float* phi,
+                                              const float* g, int ldM, float* dz, int C, int n,
+                                              int L, int P, float beta) {
+    const int R = 1 << P;
+    double dbeta = 0.0;
+    for (int e = threadIdx.x; e < C * L; e += blockDim.x) {
+        const int i = e / L, l = e % L;
+        float* dzl = dz + i * ldLP + l * P;
+        if (i >= n) {
+            for (int p = 0; p < P; ++p) dzl[p] = 0.0f;
+            continue;
+        }
+        const float* f = phi + i * ldM + l * R;
+        const float* gl = g + i * ldM + l * R;
+        float mp[10] = {};
+        float m0 = 0.0f;
+        for (int r = 0; r < R; ++r) {
+            const float gf = gl[r] * f[r];
+            m0 += gf;
+#pragma unroll
+            for (int p = 0; p < 10; ++p)
+                if (p < P) mp[p] += ((r >> (P - 1 - p)) & 1) ? gf : -gf;
+        }
+        const float* ul = u + i * ldLP + l * P;
+#pragma unroll
+        for (int p = 0; p < 10; ++p) {
+            if (p >= P) break;
+            const float t = tanhf(beta * ul[p]);  // = 2 sigma(2 beta u) - 1
+            const float common = mp[p] - t * m0;
+            dbeta += static_cast<double>(ul[p]) * common;
+            dzl[p] = (1.0f - ul[p] * ul[p]) * beta * common;
+        }
+    }
+    __syncthreads();
+    return dbeta;
+}
+
+}  // namespace racesp::cuda

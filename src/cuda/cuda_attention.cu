@@ -1,0 +1,401 @@
+// The CUDA engine: checks shapes, plans chunks and segments, launches the segment kernels and
+// the float64 segment scans in the order of attention.hpp's contract (see cuda_attention.hpp).
+#include "racesp/cuda_attention.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "cuda_check.hpp"
+#include "device_buffer.hpp"
+#include "racesp/errors.hpp"
+#include "segment_kernel.cuh"
+#include "state_scan.hpp"
+
+namespace racesp::cuda {
+
+std::size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+
+const char* to_string(DType t) {
+    switch (t) {
+        case DType::f32: return "fp32";
+        case DType::bf16: return "bf16";
+        case DType::f16: return "fp16";
+    }
+    return "?";
+}
+
+DType parse_dtype(const char* name) {
+    const std::string s(name);
+    if (s == "fp32" || s == "float32") return DType::f32;
+    if (s == "bf16" || s == "bfloat16") return DType::bf16;
+    if (s == "fp16" || s == "float16") return DType::f16;
+    throw ConfigError("unknown dtype '" + s + "' (fp32, bf16 or fp16)");
+}
+
+int device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();  // clear the sticky "no device" error
+        return 0;
+    }
+    return n;
+}
+
+// ---- DeviceState ----
+
+DeviceState::DeviceState(std::int64_t batch, std::int64_t heads, std::int64_t features, std::int64_t dim)
+    : batch_(batch), heads_(heads), features_(features), dim_(dim) {
+    if (size() > 0) CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), size() * sizeof(double)));
+}
+DeviceState::~DeviceState() {
+    if (data_) cudaFree(data_);
+}
+DeviceState::DeviceState(DeviceState&& o) noexcept { *this = std::move(o); }
+DeviceState& DeviceState::operator=(DeviceState&& o) noexcept {
+    if (this != &o) {
+        if (data_) cudaFree(data_);
+        batch_ = o.batch_, heads_ = o.heads_, features_ = o.features_, dim_ = o.dim_, data_ = o.data_;
+        o.data_ = nullptr;
+        o.batch_ = o.heads_ = o.features_ = o.dim_ = 0;
+    }
+    return *this;
+}
+void DeviceState::zero(cudaStream_t stream) {
+    if (size() > 0) CUDA_CHECK(cudaMemsetAsync(data_, 0, size() * sizeof(double), stream));
+}
+
+// ---- Engine ----
+
+struct Engine::Impl {
+    AttentionConfig config;
+    EngineOptions options;
+    std::int64_t heads = 0, dim = 0;
+    int chunk = 0;
+    cudaStream_t stream = nullptr;
+    DeviceBuffer<float> planes;
+    DeviceBuffer<float> seg_s, seg_u;     // per-segment forward / backward states
+    DeviceBuffer<float> glob_s, glob_u;   // non-causal: the one global state, float32
+    DeviceBuffer<double> dbeta_part, dbeta_sum;
+
+    Dims dims(const Shape& s) const {
+        Dims d{};
+        d.T = static_cast<int>(s.tokens);
+        d.H = static_cast<int>(s.heads);
+        d.D = static_cast<int>(s.dim);
+        d.W = d.D + 1;
+        d.L = config.tables;
+        d.P = config.planes;
+        d.R = 1 << d.P;
+        d.M = d.L * d.R;
+        d.LP = d.L * d.P;
+        d.C = chunk;
+        d.NS = chunk * options.segment_chunks;
+        d.nseg = static_cast<int>((s.tokens + d.NS - 1) / d.NS);
+        d.beta = static_cast<float>(config.beta);
+        d.eps = static_cast<float>(config.eps);
+        d.inv_tables = 1.0f / static_cast<float>(config.tables);
+        d.causal = config.causal;
+        d.bucket = config.normalization == Normalization::bucket;
+        return d;
+    }
+    std::int64_t state_size() const { return static_cast<std::int64_t>(config.features()) * (dim + 1); }
+
+    void check(const Shape& ref, const DeviceTensor& t, DType dtype, const char* name) const {
+        if (!(t.shape == ref))
+            throw ShapeError(std::string("cuda: ") + name + " has shape " + t.shape.str() + ", expected " + ref.str());
+        if (t.dtype != dtype) throw ShapeError(std::string("cuda: ") + name + " has another dtype than q/k");
+        if (t.data == nullptr && ref.elements() > 0) throw ShapeError(std::string("cuda: ") + name + " is null");
+    }
+    void check_base(const DeviceTensor& k) const {
+        const Shape& s = k.shape;
+        if (s.batch < 1 || s.heads < 1 || s.dim < 1 || s.tokens < 0)
+            throw ShapeError("cuda: bad tensor shape " + s.str());
+        if (s.heads != heads || s.dim != dim)
+            throw ShapeError("cuda: tensor shape " + s.str() + " does not match the planes (heads " +
+                             std::to_string(heads) + ", dim " + std::to_string(dim) + ")");
+        if (s.tokens > (1LL << 31) - 1 - 4096) throw ShapeError("cuda: more than 2^31 tokens in one shard");
+    }
+    void check_state(const DeviceState& st, const Shape& s, const char* name) const {
+        if (st.batch() != s.batch || st.heads() != s.heads || st.features() != config.features() ||
+            st.dim() != s.dim)
+            throw ShapeError(std::string("cuda: state ") + name + " does not match the tensors");
+    }
+
+    template <class T>
+    void launch(Pass pass, const Dims& d, SegmentArgs<T> a, std::int64_t batch) {
+        if (d.nseg == 0) return;
+        a.d = d;
+        a.lay = make_layout(d, pass);
+        const std::size_t bytes = a.lay.total * sizeof(float);
+        dim3 grid(d.nseg, d.H, static_cast<unsigned>(batch));
+        switch (pass) {
+            case Pass::key_state: go(segment_kernel<T, Pass::key_state>, grid, bytes, a); break;
+            case Pass::forward: go(segment_kernel<T, Pass::forward>, grid, bytes, a); break;
+            case Pass::query_state: go(segment_kernel<T, Pass::query_state>, grid, bytes, a); break;
+            case Pass::backward: go(segment_kernel<T, Pass::backward>, grid, bytes, a); break;
+        }
+    }
+    template <class K, class A>
+    void go(K kernel, dim3 grid, std::size_t bytes, const A& a) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+        kernel<<<grid, 256, bytes, stream>>>(a);
+        CUDA_CHECK_LAUNCH(segment_kernel);
+    }
+
+    // Launch a pass on tensors of any supported dtype.
+    struct Tensors {
+        const DeviceTensor *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+        const DeviceTensor *o = nullptr, *dq = nullptr, *dk = nullptr, *dv = nullptr;
+    };
+    template <class T>
+    static T* ptr(const DeviceTensor* t) { return t ? static_cast<T*>(t->data) : nullptr; }
+    template <class T>
+    void run_typed(Pass pass, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
+                   const float* s_start, long long s_stride, const float* u_start, long long u_stride) {
+        SegmentArgs<T> a{};
+        a.planes = planes.data();
+        a.q = ptr<T>(t.q);
+        a.k = ptr<T>(t.k);
+        a.v = ptr<T>(t.v);
+        a.dout = ptr<T>(t.dout);
+        a.o = ptr<T>(t.o);
+        a.dq = ptr<T>(t.dq);
+        a.dk = ptr<T>(t.dk);
+        a.dv = ptr<T>(t.dv);
+        a.seg_out = seg_out;
+        a.s_start = s_start;
+        a.s_seg_stride = s_stride;
+        a.u_start = u_start;
+        a.u_seg_stride = u_stride;
+        a.dbeta_part = dbeta_part.data();
+        launch<T>(pass, d, a, batch);
+    }
+    void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
+             const float* s_start, long long s_stride, const float* u_start = nullptr, long long u_stride = 0) {
+        switch (dtype) {
+            case DType::f32: run_typed<float>(pass, d, t, batch, seg_out, s_start, s_stride, u_start, u_stride); break;
+            case DType::bf16: run_typed<__nv_bfloat16>(pass, d, t, batch, seg_out, s_start, s_stride, u_start, u_stride); break;
+            case DType::f16: run_typed<__half>(pass, d, t, batch, seg_out, s_start, s_stride, u_start, u_stride); break;
+        }
+    }
+
+    // The forward state at every segment's start: returns (pointer, stride between segments).
+    std::pair<const float*, long long> forward_starts(const DeviceTensor& k, const DeviceTensor& v,
+                                                      const DeviceState& incoming) {
+        const Shape& s = k.shape;
+        const Dims d = dims(s);
+        const std::int64_t seqs = s.batch * s.heads;
+        if (!config.causal) {
+            glob_s.reserve(seqs * state_size());
+            state_to_float(incoming.data(), glob_s.data(), seqs * state_size(), stream);
+            return {glob_s.data(), 0};
+        }
+        seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * state_size()));
+        Tensors t;
+        t.k = &k;
+        t.v = &v;
+        run(Pass::key_state, k.dtype, d, t, s.batch, seg_s.data(), nullptr, 0);
+        exclusive_scan_segments(seg_s.data(), incoming.data(), seqs, d.nseg, state_size(), stream);
+        return {seg_s.data(), state_size()};
+    }
+};
+
+Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOptions options)
+    : impl_(std::make_unique<Impl>()) {
+    config.validate();
+    Impl& m = *impl_;
+    m.config = config;
+    m.options = options;
+    m.heads = planes.heads();
+    m.dim = planes.dim();
+    if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)
+        throw ConfigError("cuda: planes do not match the configuration");
+    if (options.segment_chunks < 1) throw ConfigError("cuda: segment_chunks must be at least 1");
+    if (options.device >= 0) CUDA_CHECK(cudaSetDevice(options.device));
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    int smem_limit = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+
+    // The largest chunk whose backward tiles fit in one block's shared memory.
+    Dims probe = m.dims(Shape{1, 0, m.heads, m.dim});
+    const int candidates[] = {32, 16, 8};
+    for (int c : candidates) {
+        if (options.chunk > 0 && c != options.chunk) continue;
+        probe.C = c;
+        if (make_layout(probe, Pass::backward).total * sizeof(float) <= static_cast<std::size_t>(smem_limit)) {
+            m.chunk = c;
+            break;
+        }
+    }
+    if (options.chunk > 0 && m.chunk == 0 && options.chunk != 32 && options.chunk != 16 && options.chunk != 8)
+        throw ConfigError("cuda: chunk must be 8, 16 or 32");
+    if (m.chunk == 0) {
+        probe.C = options.chunk > 0 ? options.chunk : 8;
+        throw ConfigError("cuda: a state of M=" + std::to_string(config.features()) + " features x D+1=" +
+                          std::to_string(m.dim + 1) + " needs " +
+                          std::to_string(make_layout(probe, Pass::backward).total * 4 / 1024) +
+                          " KiB of shared memory per block, more than the device's " +
+                          std::to_string(smem_limit / 1024) + " KiB: use fewer tables or planes, or --device cpu");
+    }
+    CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+    const auto& values = planes.values();
+    m.planes.reserve(values.size());
+    CUDA_CHECK(cudaMemcpy(m.planes.data(), values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice));
+    m.dbeta_sum.reserve(1);
+}
+
+Engine::~Engine() {
+    if (impl_ && impl_->stream) {
+        cudaStreamSynchronize(impl_->stream);
+        cudaStreamDestroy(impl_->stream);
+    }
+}
+
+cudaStream_t Engine::stream() const { return impl_->stream; }
+const AttentionConfig& Engine::config() const { return impl_->config; }
+int Engine::chunk() const { return impl_->chunk; }
+
+DeviceState Engine::make_state(const Shape& shape) const {
+    DeviceState s(shape.batch, shape.heads, impl_->config.features(), shape.dim);
+    s.zero(impl_->stream);
+    return s;
+}
+
+std::size_t Engine::workspace_bytes(const Shape& shape) const {
+    const Dims d = impl_->dims(shape);
+    const std::size_t seqs = shape.batch * shape.heads, st = impl_->state_size();
+    return 4 * (2 * seqs * d.nseg * st + 2 * seqs * st) + 8 * (seqs * d.nseg + 1);
+}
+
+void Engine::key_state(const DeviceTensor& k, const DeviceTensor& v, DeviceState& out) {
+    Impl& m = *impl_;
+    m.check_base(k);
+    m.check(k.shape, v, k.dtype, "v");
+    m.check_state(out, k.shape, "out");
+    const Dims d = m.dims(k.shape);
+    const std::int64_t seqs = k.shape.batch * k.shape.heads;
+    m.seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
+    Impl::Tensors t;
+    t.k = &k;
+    t.v = &v;
+    m.run(Pass::key_state, k.dtype, d, t, k.shape.batch, m.seg_s.data(), nullptr, 0);
+    sum_segments(m.seg_s.data(), out.data(), seqs, d.nseg, m.state_size(), m.stream);
+}
+
+void Engine::forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                     const DeviceState& incoming, const DeviceTensor& o) {
+    Impl& m = *impl_;
+    m.check_base(k);
+    m.check(k.shape, q, k.dtype, "q");
+    m.check(k.shape, v, k.dtype, "v");
+    m.check(k.shape, o, k.dtype, "o");
+    m.check_state(incoming, k.shape, "incoming");
+    const Dims d = m.dims(k.shape);
+    const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
+    Impl::Tensors t;
+    t.q = &q;
+    t.k = &k;
+    t.v = &v;
+    t.o = &o;
+    m.run(Pass::forward, k.dtype, d, t, k.shape.batch, nullptr, s_start, s_stride);
+}
+
+void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                         const DeviceTensor& dout, const DeviceState& incoming, DeviceState& out) {
+    Impl& m = *impl_;
+    m.check_base(k);
+    m.check(k.shape, q, k.dtype, "q");
+    m.check(k.shape, v, k.dtype, "v");
+    m.check(k.shape, dout, k.dtype, "dout");
+    m.check_state(incoming, k.shape, "incoming");
+    m.check_state(out, k.shape, "out");
+    const Dims d = m.dims(k.shape);
+    const std::int64_t seqs = k.shape.batch * k.shape.heads;
+    const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
+    m.seg_u.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
+    Impl::Tensors t;
+    t.q = &q;
+    t.k = &k;
+    t.v = &v;
+    t.dout = &dout;
+    m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
+    sum_segments(m.seg_u.data(), out.data(), seqs, d.nseg, m.state_size(), m.stream);
+}
+
+double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                        const DeviceTensor& dout, const DeviceState& incoming,
+                        const DeviceState& incoming_backward, const DeviceTensor& dq,
+                        const DeviceTensor& dk, const DeviceTensor& dv) {
+    Impl& m = *impl_;
+    m.check_base(k);
+    m.check(k.shape, q, k.dtype, "q");
+    m.check(k.shape, v, k.dtype, "v");
+    m.check(k.shape, dout, k.dtype, "dout");
+    m.check(k.shape, dq, k.dtype, "dq");
+    m.check(k.shape, dk, k.dtype, "dk");
+    m.check(k.shape, dv, k.dtype, "dv");
+    m.check_state(incoming, k.shape, "incoming");
+    m.check_state(incoming_backward, k.shape, "incoming_backward");
+    const Dims d = m.dims(k.shape);
+    const std::int64_t seqs = k.shape.batch * k.shape.heads;
+    if (d.nseg == 0) return 0.0;
+    const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
+    Impl::Tensors t;
+    t.q = &q;
+    t.k = &k;
+    t.v = &v;
+    t.dout = &dout;
+    const float* u_start;
+    long long u_stride;
+    if (m.config.causal) {
+        // Backward state at each segment's start: everything from the segment on, plus later shards.
+        m.seg_u.reserve(seqs * d.nseg * m.state_size());
+        m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
+        reverse_inclusive_scan_segments(m.seg_u.data(), incoming_backward.data(), seqs, d.nseg,
+                                        m.state_size(), m.stream);
+        u_start = m.seg_u.data();
+        u_stride = m.state_size();
+    } else {
+        m.glob_u.reserve(seqs * m.state_size());
+        state_to_float(incoming_backward.data(), m.glob_u.data(), seqs * m.state_size(), m.stream);
+        u_start = m.glob_u.data();
+        u_stride = 0;
+    }
+    m.dbeta_part.reserve(seqs * d.nseg);
+    t.dq = &dq;
+    t.dk = &dk;
+    t.dv = &dv;
+    m.run(Pass::backward, k.dtype, d, t, k.shape.batch, nullptr, s_start, s_stride, u_start, u_stride);
+    sum_doubles(m.dbeta_part.data(), m.dbeta_sum.data(), seqs * d.nseg, m.stream);
+    double dbeta = 0.0;
+    CUDA_CHECK(cudaMemcpyAsync(&dbeta, m.dbeta_sum.data(), sizeof(double), cudaMemcpyDeviceToHost, m.stream));
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    return dbeta;
+}
+
+void Engine::attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                               const DeviceTensor& o) {
+    DeviceState s = make_state(k.shape);
+    if (!impl_->config.causal) key_state(k, v, s);
+    forward(q, k, v, s, o);
+    CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // s is freed on return
+}
+
+double Engine::attention_backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                                  const DeviceTensor& dout, const DeviceTensor& dq,
+                                  const DeviceTensor& dk, const DeviceTensor& dv) {
+    DeviceState s = make_state(k.shape);
+    DeviceState u = make_state(k.shape);
+    if (!impl_->config.causal) {
+        key_state(k, v, s);
+        query_state(q, k, v, dout, s, u);
+    }
+    return backward(q, k, v, dout, s, u, dq, dk, dv);
+}
+
+}  // namespace racesp::cuda

@@ -1,0 +1,71 @@
+// Sizes of one segment kernel launch and the shared-memory layout of its block, computed the
+// same way on host and device. Leading dimensions are padded to odd counts so that column
+// walks through a tile hit distinct banks.
+#pragma once
+
+#include <cstddef>
+
+namespace racesp::cuda {
+
+enum class Pass { key_state, forward, query_state, backward };
+
+struct Dims {
+    int T, H, D, W, L, P, R, M, LP;  // local tokens, heads, head dim, D+1, tables, planes, 2^P, L*R, L*P
+    int C, NS, nseg;                 // chunk, segment tokens, segments per sequence
+    float beta, eps, inv_tables;
+    bool causal, bucket;
+};
+
+// Offsets in floats into the block's dynamic shared memory; 0 size when a pass does not use it.
+struct Layout {
+    int ldD, ldW, ldM, ldC, ldLP, ldSig;
+    std::size_t Wp, S, U, X, V, Wm, uq, uk, sig, phq, phk, pht, r, att, p2, num, dphq, dphk, dz, red;
+    std::size_t total;  // floats
+};
+
+__host__ __device__ inline int odd_pad(int n) { return n % 2 == 0 ? n + 1 : n; }
+
+__host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
+    Layout l{};
+    l.ldD = odd_pad(d.D);
+    l.ldW = odd_pad(d.W);
+    l.ldM = odd_pad(d.M);
+    l.ldC = odd_pad(d.C);
+    l.ldLP = odd_pad(d.LP);
+    l.ldSig = odd_pad(2 * d.LP);
+    const bool fwd_like = pass != Pass::key_state;
+    const bool grad = pass == Pass::query_state || pass == Pass::backward;
+    const bool bwd = pass == Pass::backward;
+    std::size_t at = 0;
+    // Each buffer starts on a 16-byte boundary (the block-sum area holds doubles).
+    auto take = [&](std::size_t floats) {
+        const std::size_t here = at;
+        at += (floats + 3) / 4 * 4;
+        return here;
+    };
+    const std::size_t C = d.C;
+    l.Wp = take(std::size_t(d.LP) * l.ldD);
+    l.S = take(std::size_t(d.M) * l.ldW);
+    l.U = grad ? take(std::size_t(d.M) * l.ldW) : 0;
+    l.X = take(C * l.ldD);
+    l.V = take(C * l.ldW);
+    l.Wm = grad ? take(C * l.ldW) : 0;
+    l.uq = fwd_like ? take(C * l.ldLP) : 0;
+    l.uk = take(C * l.ldLP);
+    l.sig = take(C * l.ldSig);
+    l.phq = fwd_like ? take(C * l.ldM) : 0;
+    l.phk = take(C * l.ldM);
+    l.pht = fwd_like && d.bucket ? take(C * l.ldM) : 0;
+    l.r = fwd_like && d.bucket ? take(C * l.ldM) : 0;
+    l.att = fwd_like && d.causal ? take(C * l.ldC) : 0;
+    l.p2 = grad && d.causal ? take(C * l.ldC) : 0;
+    l.num = fwd_like ? take(C * l.ldW) : 0;
+    l.dphq = grad ? take(C * l.ldM) : 0;
+    l.dphk = bwd ? take(C * l.ldM) : 0;
+    l.dz = bwd ? take(C * l.ldLP) : 0;
+    l.red = bwd ? take(2 * 1024) : 0;  // one double per thread for the dbeta block sum
+    l.total = at;
+    return l;
+}
+
+}  // namespace racesp::cuda

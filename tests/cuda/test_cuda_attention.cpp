@@ -1,0 +1,328 @@
+// The CUDA engine against the float64 reference (reference64.hpp), against the CPU engine, and
+// sharded through the incoming-state API on one device.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "gpu_test_util.hpp"
+#include "racesp/attention.hpp"
+#include "racesp/cuda_attention.hpp"
+#include "racesp/errors.hpp"
+#include "racesp/planes.hpp"
+#include "reference64.hpp"
+
+namespace racesp {
+namespace {
+
+using cuda::DType;
+using testgpu::GpuTensor;
+using testgpu::rel_error;
+
+struct Case {
+    std::int64_t D;
+    int P, L;
+    bool causal, bucket;
+    DType dtype;
+    std::int64_t T = 203;  // not a multiple of any chunk
+    int chunk = 0, segment_chunks = 32;
+    std::int64_t B = 2, H = 2;
+};
+
+std::string name(const Case& c) {
+    std::ostringstream s;
+    s << "D" << c.D << "_P" << c.P << "_L" << c.L << (c.causal ? "_causal" : "_full")
+      << (c.bucket ? "_bucket" : "_kernel") << "_" << cuda::to_string(c.dtype) << "_T" << c.T << "_C" << c.chunk
+      << "x" << c.segment_chunks;
+    return s.str();
+}
+
+AttentionConfig config_of(const Case& c) {
+    AttentionConfig cfg;
+    cfg.planes = c.P;
+    cfg.tables = c.L;
+    cfg.beta = 1.5;
+    cfg.causal = c.causal;
+    cfg.normalization = c.bucket ? Normalization::bucket : Normalization::kernel;
+    cfg.seed = 7;
+    return cfg;
+}
+
+struct Inputs {
+    Shape shape;
+    std::vector<float> q, k, v, dout;
+};
+
+Inputs make_inputs(const Case& c, std::uint64_t seed) {
+    Inputs in;
+    in.shape = Shape{c.B, c.T, c.H, c.D};
+    const std::size_t n = in.shape.elements();
+    const float s = 1.0f / std::sqrt(static_cast<float>(c.D));  // plane projections ~ N(0, 1)
+    in.q = testgpu::random_vector(n, seed + 1, s);
+    in.k = testgpu::random_vector(n, seed + 2, s);
+    in.v = testgpu::random_vector(n, seed + 3);
+    in.dout = testgpu::random_vector(n, seed + 4);
+    for (auto* x : {&in.q, &in.k, &in.v, &in.dout})
+        for (auto& e : *x) e = testgpu::round_to(c.dtype, e);
+    return in;
+}
+
+testref::Problem problem_of(const Inputs& in, const Planes& planes) {
+    testref::Problem p{in.shape.batch, in.shape.tokens, in.shape.heads, in.shape.dim, {}, {}, {}, {}, {}};
+    p.q.assign(in.q.begin(), in.q.end());
+    p.k.assign(in.k.begin(), in.k.end());
+    p.v.assign(in.v.begin(), in.v.end());
+    p.dout.assign(in.dout.begin(), in.dout.end());
+    p.planes.assign(planes.values().begin(), planes.values().end());
+    return p;
+}
+
+struct GpuOut {
+    std::vector<float> o, dq, dk, dv;
+    double dbeta = 0;
+};
+
+GpuOut run_gpu(const Case& c, const AttentionConfig& cfg, const Planes& planes, const Inputs& in) {
+    cuda::EngineOptions opt;
+    opt.chunk = c.chunk;
+    opt.segment_chunks = c.segment_chunks;
+    cuda::Engine engine(cfg, planes, opt);
+    GpuTensor q(in.shape, c.dtype), k(in.shape, c.dtype), v(in.shape, c.dtype), g(in.shape, c.dtype);
+    GpuTensor o(in.shape, c.dtype), dq(in.shape, c.dtype), dk(in.shape, c.dtype), dv(in.shape, c.dtype);
+    q.upload(in.q);
+    k.upload(in.k);
+    v.upload(in.v);
+    g.upload(in.dout);
+    for (auto* t : {&o, &dq, &dk, &dv}) t->poison();
+    engine.attention_forward(q.view(), k.view(), v.view(), o.view());
+    GpuOut out;
+    out.dbeta = engine.attention_backward(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(), dv.view());
+    out.o = o.download();
+    out.dq = dq.download();
+    out.dk = dk.download();
+    out.dv = dv.download();
+    return out;
+}
+
+class CudaVsReference : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaVsReference, OutputsAndGradients) {
+    SKIP_WITHOUT_GPU();
+    const Case c = GetParam();
+    const AttentionConfig cfg = config_of(c);
+    const Planes planes(cfg, c.H, c.D);
+    const Inputs in = make_inputs(c, 1000 + c.D * 31 + c.P * 7 + c.L);
+    const auto ref = testref::reference(cfg, problem_of(in, planes), true);
+    const GpuOut got = run_gpu(c, cfg, planes, in);
+    const double tol = c.dtype == DType::f32 ? 1e-5 : 2e-2;
+    EXPECT_LT(rel_error(got.o, ref.o), tol) << "o";
+    EXPECT_LT(rel_error(got.dq, ref.dq), tol) << "dq";
+    EXPECT_LT(rel_error(got.dk, ref.dk), tol) << "dk";
+    EXPECT_LT(rel_error(got.dv, ref.dv), tol) << "dv";
+    EXPECT_LT(std::abs(got.dbeta - ref.dbeta), tol * std::max(1.0, std::abs(ref.dbeta))) << "dbeta " << got.dbeta
+                                                                                        << " vs " << ref.dbeta;
+    std::printf("  %s: o %.2e dq %.2e dk %.2e dv %.2e dbeta %.2e\n", name(c).c_str(), rel_error(got.o, ref.o),
+                rel_error(got.dq, ref.dq), rel_error(got.dk, ref.dk), rel_error(got.dv, ref.dv),
+                std::abs(got.dbeta - ref.dbeta) / std::max(1e-300, std::abs(ref.dbeta)));
+}
+
+std::vector<Case> cases() {
+    std::vector<Case> v;
+    for (bool causal : {false, true})
+        for (bool bucket : {false, true}) {
+            for (std::int64_t D : {32, 64, 96, 128}) v.push_back({D, 4, 4, causal, bucket, DType::f32});
+            for (int P = 1; P <= 6; ++P) v.push_back({64, P, 2, causal, bucket, DType::f32});
+            for (int L = 1; L <= 8; ++L) v.push_back({32, 3, L, causal, bucket, DType::f32});
+            v.push_back({32, 6, 8, causal, bucket, DType::f32});  // M = 512
+            v.push_back({128, 4, 4, causal, bucket, DType::bf16});
+            v.push_back({64, 4, 4, causal, bucket, DType::f16});
+            // Many short segments (float64 scans over segments) and chunks of 8 and 16.
+            Case s{64, 4, 4, causal, bucket, DType::f32};
+            s.chunk = 8;
+            s.segment_chunks = 3;
+            v.push_back(s);
+            s.chunk = 16;
+            s.segment_chunks = 2;
+            s.T = 64;  // a multiple of the chunk too
+            v.push_back(s);
+        }
+    return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, CudaVsReference, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return name(i.param); });
+
+// The CUDA engine equals the CPU engine (float32) to rounding.
+TEST(CudaVsCpu, SameOutputsAndGradients) {
+    SKIP_WITHOUT_GPU();
+    for (bool causal : {false, true})
+        for (bool bucket : {false, true}) {
+            Case c{64, 4, 4, causal, bucket, DType::f32};
+            c.T = 517;
+            const AttentionConfig cfg = config_of(c);
+            const Planes planes(cfg, c.H, c.D);
+            const Inputs in = make_inputs(c, 77);
+            std::vector<float> o(in.q.size()), dq(o.size()), dk(o.size()), dv(o.size());
+            ConstTensor q(in.q.data(), in.shape), k(in.k.data(), in.shape), v(in.v.data(), in.shape),
+                g(in.dout.data(), in.shape);
+            attention_forward(cfg, planes, q, k, v, MutTensor(o.data(), in.shape));
+            const double dbeta = attention_backward(cfg, planes, q, k, v, g, MutTensor(dq.data(), in.shape),
+                                                    MutTensor(dk.data(), in.shape), MutTensor(dv.data(), in.shape));
+            const GpuOut got = run_gpu(c, cfg, planes, in);
+            SCOPED_TRACE(name(c));
+            EXPECT_LT(rel_error(got.o, o), 1e-5);
+            EXPECT_LT(rel_error(got.dq, dq), 1e-5);
+            EXPECT_LT(rel_error(got.dk, dk), 1e-5);
+            EXPECT_LT(rel_error(got.dv, dv), 1e-5);
+            EXPECT_NEAR(got.dbeta, dbeta, 1e-5 * std::max(1.0, std::abs(dbeta)));
+        }
+}
+
+// Shards on one device through the incoming-state API (host sums stand in for the collectives)
+// equal the whole sequence, with an empty shard among them.
+TEST(CudaShards, IncomingStatesEqualOneShard) {
+    SKIP_WITHOUT_GPU();
+    for (bool causal : {false, true})
+        for (bool bucket : {false, true}) {
+            Case c{32, 3, 2, causal, bucket, DType::f32};
+            c.T = 300;
+            const AttentionConfig cfg = config_of(c);
+            const Planes planes(cfg, c.H, c.D);
+            const Inputs in = make_inputs(c, 5);
+            const GpuOut whole = run_gpu(c, cfg, planes, in);
+            const std::int64_t bounds[] = {0, 131, 131, 300};  // shards [0,131), [131,131), [131,300)
+            const int shards = 3;
+            cuda::Engine engine(cfg, planes);
+            const std::int64_t row = c.H * c.D;
+            auto slice = [&](const std::vector<float>& x, int s) {
+                return std::vector<float>(x.begin() + bounds[s] * row, x.begin() + bounds[s + 1] * row);
+            };
+            ASSERT_EQ(c.B, 2);
+            // One batch entry at a time keeps the slicing simple: tokens of entry b are contiguous.
+            std::vector<float> o(in.q.size()), dq(o.size()), dk(o.size()), dv(o.size());
+            double dbeta = 0;
+            for (std::int64_t b = 0; b < c.B; ++b) {
+                auto part = [&](const std::vector<float>& x) {
+                    return std::vector<float>(x.begin() + b * c.T * row, x.begin() + (b + 1) * c.T * row);
+                };
+                const auto q = part(in.q), k = part(in.k), v = part(in.v), g = part(in.dout);
+                std::vector<std::unique_ptr<GpuTensor>> tq, tk, tv, tg;
+                std::vector<cuda::DeviceState> S, U;
+                const std::int64_t ssize = static_cast<std::int64_t>(cfg.features()) * (c.D + 1) * c.H;
+                std::vector<std::vector<double>> hs(shards, std::vector<double>(ssize)), hu = hs;
+                for (int s = 0; s < shards; ++s) {
+                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                    tq.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                    tk.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                    tv.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                    tg.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                    tq[s]->upload(slice(q, s));
+                    tk[s]->upload(slice(k, s));
+                    tv[s]->upload(slice(v, s));
+                    tg[s]->upload(slice(g, s));
+                    S.push_back(engine.make_state(sh));
+                    U.push_back(engine.make_state(sh));
+                    engine.key_state(tk[s]->view(), tv[s]->view(), S[s]);
+                    GPU_CHECK(cudaStreamSynchronize(engine.stream()));
+                    GPU_CHECK(cudaMemcpy(hs[s].data(), S[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
+                }
+                // Allreduce or exscan on the host.
+                auto combine = [&](std::vector<std::vector<double>>& h, std::vector<cuda::DeviceState>& d, bool reverse) {
+                    for (int s = 0; s < shards; ++s) {
+                        std::vector<double> acc(ssize, 0.0);
+                        for (int r = 0; r < shards; ++r) {
+                            const bool take = !causal || (reverse ? r > s : r < s);
+                            if (take)
+                                for (std::int64_t e = 0; e < ssize; ++e) acc[e] += h[r][e];
+                        }
+                        GPU_CHECK(cudaMemcpy(d[s].data(), acc.data(), ssize * 8, cudaMemcpyHostToDevice));
+                    }
+                };
+                combine(hs, S, false);
+                for (int s = 0; s < shards; ++s) {
+                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                    GpuTensor to(sh, c.dtype);
+                    to.poison();
+                    engine.forward(tq[s]->view(), tk[s]->view(), tv[s]->view(), S[s], to.view());
+                    engine.query_state(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s]);
+                    GPU_CHECK(cudaStreamSynchronize(engine.stream()));
+                    GPU_CHECK(cudaMemcpy(hu[s].data(), U[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
+                    const auto os = to.download();
+                    std::copy(os.begin(), os.end(), o.begin() + (b * c.T + bounds[s]) * row);
+                }
+                combine(hu, U, true);
+                for (int s = 0; s < shards; ++s) {
+                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                    GpuTensor a(sh, c.dtype), bk(sh, c.dtype), cv(sh, c.dtype);
+                    a.poison();
+                    bk.poison();
+                    cv.poison();
+                    dbeta += engine.backward(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s],
+                                             a.view(), bk.view(), cv.view());
+                    const auto x = a.download(), y = bk.download(), z = cv.download();
+                    std::copy(x.begin(), x.end(), dq.begin() + (b * c.T + bounds[s]) * row);
+                    std::copy(y.begin(), y.end(), dk.begin() + (b * c.T + bounds[s]) * row);
+                    std::copy(z.begin(), z.end(), dv.begin() + (b * c.T + bounds[s]) * row);
+                }
+            }
+            SCOPED_TRACE(name(c));
+            EXPECT_LT(rel_error(o, whole.o), 1e-5);
+            EXPECT_LT(rel_error(dq, whole.dq), 1e-5);
+            EXPECT_LT(rel_error(dk, whole.dk), 1e-5);
+            EXPECT_LT(rel_error(dv, whole.dv), 1e-5);
+            EXPECT_NEAR(dbeta, whole.dbeta, 1e-5 * std::max(1.0, std::abs(whole.dbeta)));
+        }
+}
+
+// A configuration whose state cannot fit in shared memory is refused with a clear error.
+TEST(CudaEngine, RefusesStatesTooLargeForSharedMemory) {
+    SKIP_WITHOUT_GPU();
+    AttentionConfig cfg;
+    cfg.planes = 10;
+    cfg.tables = 8;
+    const Planes planes(cfg, 1, 128);
+    EXPECT_THROW(cuda::Engine(cfg, planes), ConfigError);
+}
+
+// The reference's own gradients against central differences (float64), so the GPU is held to
+// a checked standard. Runs without a GPU.
+TEST(Reference64, GradientsMatchFiniteDifferences) {
+    for (bool causal : {false, true})
+        for (bool bucket : {false, true}) {
+            Case c{8, 3, 2, causal, bucket, DType::f32};
+            c.T = 7;
+            c.B = 1;
+            c.H = 1;
+            AttentionConfig cfg = config_of(c);
+            const Planes planes(cfg, c.H, c.D);
+            const Inputs in = make_inputs(c, 3);
+            testref::Problem p = problem_of(in, planes);
+            const auto ref = testref::reference(cfg, p, true);
+            auto loss = [&](const testref::Problem& pp, const AttentionConfig& cc) {
+                const auto r = testref::reference(cc, pp, false);
+                double s = 0;
+                for (std::size_t i = 0; i < r.o.size(); ++i) s += r.o[i] * pp.dout[i];
+                return s;
+            };
+            const double h = 1e-6;
+            auto check = [&](std::vector<double> testref::Problem::*field, const std::vector<double>& grad, const char* what) {
+                for (std::size_t i = 0; i < grad.size(); i += 5) {
+                    testref::Problem a = p, b = p;
+                    (a.*field)[i] += h;
+                    (b.*field)[i] -= h;
+                    const double fd = (loss(a, cfg) - loss(b, cfg)) / (2 * h);
+                    EXPECT_NEAR(grad[i], fd, 1e-6 * std::max(1.0, std::abs(fd))) << what << " " << i;
+                }
+            };
+            SCOPED_TRACE(name(c));
+            check(&testref::Problem::q, ref.dq, "dq");
+            check(&testref::Problem::k, ref.dk, "dk");
+            check(&testref::Problem::v, ref.dv, "dv");
+            AttentionConfig up = cfg, down = cfg;
+            up.beta += h;
+            down.beta -= h;
+            EXPECT_NEAR(ref.dbeta, (loss(p, up) - loss(p, down)) / (2 * h), 1e-6);
+        }
+}
+
+}  // namespace
+}  // namespace racesp
