@@ -65,7 +65,7 @@ std::string create_temporary(const std::string& output, std::string& tmp_path) {
     buf.push_back('\0');
     int fd = ::mkstemp(buf.data());
     if (fd < 0)
-        return "output directory '" + dir.string() + "' is not writable: " + std::strerror(errno);
+        return "cannot create a file in output directory '" + dir.string() + "': " + std::strerror(errno);
     // mkstemp makes the file private (0600); the result should get the usual permissions.
     mode_t mask = ::umask(0);
     ::umask(mask);

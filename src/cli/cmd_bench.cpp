@@ -1,0 +1,162 @@
+// racesp bench: forward + backward timings on synthetic data, one JSON line per configuration on
+// stdout. Under mpirun it measures sequence-parallel scaling: --tokens fixes the sequence
+// (strong scaling), --tokens-per-rank grows it with the sequence-parallel group (weak scaling).
+#include <mpi.h>
+
+#include <algorithm>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "device.hpp"
+#include "metrics.hpp"
+#include "options.hpp"
+#include "racesp/errors.hpp"
+#include "racesp/failure.hpp"
+#include "racesp/mpi_collectives.hpp"
+#include "synthetic.hpp"
+
+namespace racesp::cli {
+
+namespace {
+
+struct BenchArgs {
+    std::int64_t batch = 1, heads = 4, dim = 128;
+    Count tokens{262144}, tokens_per_rank;
+    int repeats = 5, warmup = 1;
+    bool both = false;
+    RaceOptions race;
+};
+
+po::options_description bench_options(BenchArgs& a) {
+    po::options_description options("options", 100, 40);
+    options.add_options()
+        ("tokens", po::value<Count>(&a.tokens)->default_value(a.tokens, "256K")->value_name("T"), "tokens per sequence (1M, 16M, ...)")
+        ("tokens-per-rank", po::value<Count>(&a.tokens_per_rank)->value_name("N"),
+         "tokens per sequence-parallel rank instead of --tokens (weak scaling)")
+        ("batch", po::value<std::int64_t>(&a.batch)->default_value(a.batch)->value_name("B"), "sequences")
+        ("heads", po::value<std::int64_t>(&a.heads)->default_value(a.heads)->value_name("H"), "heads")
+        ("dim", po::value<std::int64_t>(&a.dim)->default_value(a.dim)->value_name("D"), "head dimension")
+        ("both", po::bool_switch(&a.both), "time non-causal and causal (two lines)")
+        ("repeats", po::value<int>(&a.repeats)->default_value(a.repeats)->value_name("N"),
+         "timed runs; the median is reported")
+        ("warmup", po::value<int>(&a.warmup)->default_value(a.warmup)->value_name("N"), "untimed runs first");
+    a.race.add_to(options);
+    add_common_options(options);
+    return options;
+}
+
+const char* const usage = "racesp bench [--device cpu] [--tokens N | --tokens-per-rank N] [--causal | --both] [options]";
+const char* const description =
+    "Times distributed forward + backward on synthetic data held in memory (no file I/O): median over\n"
+    "--repeats after --warmup, split into compute and collective time (each the slowest rank's), with\n"
+    "tokens/s and peak resident memory. One JSON object per configuration on stdout.";
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+std::string bench_help() {
+    BenchArgs a;
+    return help_text(usage, description, bench_options(a));
+}
+
+int run_bench(MPI_Comm world, const Args& args) {
+    int rank = 0, ranks = 1;
+    MPI_Comm_rank(world, &rank);
+    MPI_Comm_size(world, &ranks);
+
+    BenchArgs a;
+    po::options_description options = bench_options(a);
+    bool run = true, weak = false;
+    Device device = Device::cpu;
+    run_collectively(world, [&] {
+        run = parse_options("bench", args, options);
+        if (!run) return;
+        a.race.finish();
+        device = parse_device(a.race.device);
+        require_device(device);
+        if (a.race.sp_size == 0) a.race.sp_size = ranks;
+        if (ranks % a.race.sp_size != 0)
+            throw ConfigError("--sp-size " + std::to_string(a.race.sp_size) + " must divide the number of ranks (" +
+                              std::to_string(ranks) + ")");
+        weak = a.tokens_per_rank.value > 0;
+        if (weak) a.tokens.value = a.tokens_per_rank.value * a.race.sp_size;
+        require_at_least("--tokens", a.tokens.value, 1);
+        require_at_least("--batch", a.batch, 1);
+        require_at_least("--heads", a.heads, 1);
+        require_at_least("--dim", a.dim, 1);
+        require_at_least("--repeats", a.repeats, 1);
+        require_at_least("--warmup", a.warmup, 0);
+    });
+    if (!run) {
+        print_on_root(world, bench_help());
+        return 0;
+    }
+
+    const Shape shape{a.batch, a.tokens.value, a.heads, a.dim};
+    ProcessGrid grid(world, a.race.sp_size);
+    MpiCollectives sp(grid.sp_comm());
+    const io::Slab slab{grid.batch(shape.batch), grid.tokens(shape.tokens)};
+    const Shape local{slab.batch.size(), slab.tokens.size(), shape.heads, shape.dim};
+    const nlohmann::json machine = machine_description(world);
+
+    // q, k, v, do and the outputs o, dq, dk, dv: eight shard-sized buffers.
+    std::vector<std::vector<float>> buf(8);
+    run_collectively(world, [&] {
+        for (auto& b : buf) b.assign(static_cast<std::size_t>(local.elements()), 0.0f);
+    });
+    const Stream streams[4] = {stream_q, stream_k, stream_v, stream_do};
+    for (int i = 0; i < 4; ++i) fill_slab(a.race.config.seed, streams[i], shape, slab, io::ElementType::float32, buf[i].data());
+    ConstTensor q(buf[0].data(), local), k(buf[1].data(), local), v(buf[2].data(), local), dout(buf[3].data(), local);
+    MutTensor o(buf[4].data(), local), dq(buf[5].data(), local), dk(buf[6].data(), local), dv(buf[7].data(), local);
+
+    std::vector<bool> causal_modes = a.both ? std::vector<bool>{false, true} : std::vector<bool>{a.race.config.causal};
+    for (bool causal : causal_modes) {
+        AttentionConfig config = a.race.config;
+        config.causal = causal;
+        Planes planes(config, shape.heads, shape.dim);
+        std::vector<double> total, forward, backward, compute, collective;
+        for (int r = 0; r < a.warmup + a.repeats; ++r) {
+            MPI_Barrier(world);
+            double t0 = MPI_Wtime();
+            StepTimes f = run_forward(device, sp, config, planes, q, k, v, o);
+            double t1 = MPI_Wtime();
+            double dbeta = 0;
+            StepTimes b = run_backward(device, sp, world, config, planes, q, k, v, dout, dq, dk, dv, dbeta);
+            double t2 = MPI_Wtime();
+            // The slowest rank sets the step time.
+            double local_times[5] = {t2 - t0, t1 - t0, t2 - t1, f.compute_s + b.compute_s, f.collective_s + b.collective_s};
+            double slowest[5];
+            MPI_Allreduce(local_times, slowest, 5, MPI_DOUBLE, MPI_MAX, world);
+            if (r < a.warmup) continue;
+            total.push_back(slowest[0]);
+            forward.push_back(slowest[1]);
+            backward.push_back(slowest[2]);
+            compute.push_back(slowest[3]);
+            collective.push_back(slowest[4]);
+        }
+        const double step = median(total);
+        nlohmann::json line = {
+            {"command", "bench"}, {"device", to_string(device)}, {"causal", causal},
+            {"normalization", to_string(config.normalization)}, {"batch", shape.batch}, {"tokens", shape.tokens},
+            {"tokens_per_rank", static_cast<double>(shape.tokens) / a.race.sp_size}, {"weak_scaling", weak},
+            {"heads", shape.heads}, {"dim", shape.dim}, {"tables", config.tables}, {"planes", config.planes},
+            {"beta", config.beta}, {"share_planes", config.share_planes}, {"sp_size", a.race.sp_size},
+            {"dp_size", ranks / a.race.sp_size}, {"repeats", a.repeats}, {"warmup", a.warmup},
+            {"median_s", step}, {"min_s", *std::min_element(total.begin(), total.end())},
+            {"max_s", *std::max_element(total.begin(), total.end())}, {"forward_s", median(forward)},
+            {"backward_s", median(backward)}, {"compute_s", median(compute)}, {"collective_s", median(collective)},
+            {"tokens_per_s", static_cast<double>(shape.batch * shape.tokens) / step},
+            {"peak_rss_bytes", max_over_ranks(world, peak_rss_bytes())}, {"times_s", total}, {"machine", machine}};
+        print_on_root(world, line.dump() + "\n");
+    }
+    return 0;
+}
+
+}  // namespace racesp::cli
