@@ -88,7 +88,8 @@ exec > >(tee -a "$run_dir/run.log") 2>&1
 tee_pid=$!
 start_epoch=$(date +%s)
 start_iso=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-cores=$(nproc)
+# nproc honours OMP_NUM_THREADS; the cores this process may use are wanted here.
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( cores / RANKS > 0 ? cores / RANKS : 1 ))}
 
 finish() {

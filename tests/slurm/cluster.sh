@@ -73,6 +73,12 @@ start() {
   # for all on the socket's directory (any user's job must reach it): 0711 gives exactly that.
   chmod 0711 "$dir"
   mkdir -p "$dir"/{munge,state,spool,log,run}
+  local up=$dir
+  while [[ "$up" != / ]]; do
+    up=$(dirname "$up")
+    [[ $(( 0$(stat -c %a "$up") & 01 )) -ne 0 ]] \
+      || die "$up is not searchable by all (chmod o+x), which munged needs above its socket"
+  done
   chmod 0711 "$dir"/munge
 
   # --- munge with a generated key --------------------------------------------------------------

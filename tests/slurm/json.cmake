@@ -1,30 +1,46 @@
 # Reads JSON for the shell tests with CMake's own parser (string(JSON), CMake >= 3.19), since CMake
 # is the one JSON-capable tool every build machine has.
 #
-#   cmake -DFILE=f.json -P json.cmake                    prints every top-level key=value, sorted
+#   cmake -DFILE=f.json -P json.cmake                    prints every key=value, sorted, nested
+#                                                        keys as outer.inner, true/false as ON/OFF
 #   cmake -DFILE=f.jsonl -DLINES=ON -P json.cmake        the same for each non-empty line, with a
 #                                                        "--- line N" header before each
 # Fails (exit code 1, message on stderr) when the file is missing, is not valid JSON, or is not an
 # object (for LINES: when any line is not, or when there are no lines at all).
 cmake_minimum_required(VERSION 3.19)
 
+# Appends "prefix.key=value" lines for every member of the object `text`, descending into nested
+# objects (machine.ranks=2); arrays and scalars are printed as they are.
+function(flatten text prefix)
+  set(lines "")
+  string(JSON n LENGTH "${text}")
+  if(n GREATER 0)
+    math(EXPR last "${n} - 1")
+    foreach(i RANGE ${last})
+      string(JSON key MEMBER "${text}" ${i})
+      string(JSON type TYPE "${text}" "${key}")
+      string(JSON value GET "${text}" "${key}")
+      if(type STREQUAL "OBJECT")
+        flatten("${value}" "${prefix}${key}.")
+        list(APPEND lines ${flat})
+      else()
+        string(REPLACE "\n" " " value "${value}")
+        string(REPLACE ";" "\\;" value "${value}")
+        list(APPEND lines "${prefix}${key}=${value}")
+      endif()
+    endforeach()
+  endif()
+  set(flat "${lines}" PARENT_SCOPE)
+endfunction()
+
 function(print_object text where)
   string(JSON type ERROR_VARIABLE err TYPE "${text}")
   if(err OR NOT type STREQUAL "OBJECT")
     message(FATAL_ERROR "${where}: not a JSON object: ${err}")
   endif()
-  string(JSON n LENGTH "${text}")
-  set(out "")
-  if(n GREATER 0)
-    math(EXPR last "${n} - 1")
-    foreach(i RANGE ${last})
-      string(JSON key MEMBER "${text}" ${i})
-      string(JSON value GET "${text}" "${key}")
-      list(APPEND out "${key}=${value}")
-    endforeach()
-  endif()
-  list(SORT out)
-  list(JOIN out "\n" joined)
+  flatten("${text}" "")
+  list(SORT flat)
+  list(JOIN flat "\n" joined)
   set(result "${result}${joined}\n" PARENT_SCOPE)
 endfunction()
 
