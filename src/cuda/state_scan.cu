@@ -110,3 +110,23 @@ void sum_doubles(const double* in, double* out, std::int64_t count, cudaStream_t
 }
 
 }  // namespace racesp::cuda
+
+namespace racesp::cuda {
+
+namespace {
+__global__ void add_received_kernel(double* incl, double* excl, const double* recv, long long count) {
+    const long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
+    if (i < count) {
+        incl[i] += recv[i];
+        excl[i] += recv[i];
+    }
+}
+}  // namespace
+
+void add_received(double* incl, double* excl, const double* recv, std::int64_t count, cudaStream_t stream) {
+    if (count == 0) return;
+    add_received_kernel<<<blocks_for(count), threads, 0, stream>>>(incl, excl, recv, count);
+    CUDA_CHECK_LAUNCH(add_received_kernel);
+}
+
+}  // namespace racesp::cuda

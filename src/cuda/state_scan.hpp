@@ -23,3 +23,8 @@ void state_to_float(const double* in, float* out, std::int64_t count, cudaStream
 void sum_doubles(const double* in, double* out, std::int64_t count, cudaStream_t stream);
 
 }  // namespace racesp::cuda
+
+namespace racesp::cuda {
+// One round of the recursive-doubling scan: incl += recv and excl += recv.
+void add_received(double* incl, double* excl, const double* recv, std::int64_t count, cudaStream_t stream);
+}  // namespace racesp::cuda

@@ -1,0 +1,64 @@
+// Sequence-parallel RACE attention on CUDA devices (DESIGN.md §3): the same steps as
+// racesp::distributed_forward / distributed_backward (distributed.hpp), with the CUDA engine
+// and collectives on device float64 states (NcclCollectives, or StagedCollectives around a host
+// implementation such as MpiCollectives).
+#pragma once
+
+#include <mpi.h>
+
+#include <memory>
+
+#include "racesp/collectives.hpp"
+#include "racesp/cuda_attention.hpp"
+#include "racesp/distributed.hpp"
+
+namespace racesp::cuda {
+
+// Collectives on device buffers through a host implementation: copies the state to pinned host
+// memory, runs `host`, copies back. For runs without NCCL (or to compare against MPI).
+class StagedCollectives final : public Collectives {
+public:
+    explicit StagedCollectives(Collectives& host);
+    ~StagedCollectives() override;
+    int rank() const override { return host_.rank(); }
+    int size() const override { return host_.size(); }
+    void allreduce_sum(double* data, std::int64_t count) override;
+    void exscan_sum(double* data, std::int64_t count) override;
+    void reverse_exscan_sum(double* data, std::int64_t count) override;
+
+private:
+    template <class F>
+    void staged(double* data, std::int64_t count, F op);
+    Collectives& host_;
+    double* pinned_ = nullptr;
+    std::int64_t capacity_ = 0;
+};
+
+// Device-level steps on this rank's shard, already on the device. `sp` sums device states over
+// the sequence-parallel group. Both wait for the device before returning.
+StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const DeviceTensor& q,
+                                     const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o);
+// dbeta: dL/dbeta summed over `world` (MPI_Allreduce), identical on every rank.
+StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm world, const DeviceTensor& q,
+                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& dout,
+                                      const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
+                                      double& dbeta);
+
+struct CudaRunOptions {
+    DType dtype = DType::f32;  // device storage of q, k, v, o, dout, dq, dk, dv
+    EngineOptions engine;
+};
+
+// Host-level entry points for the command line: host float32 tensors (as read from HDF5),
+// staged through pinned memory to the current device and back; the same signature as
+// racesp::distributed_forward / distributed_backward plus the CUDA options. Staging time counts
+// as compute_s.
+StepTimes cuda_distributed_forward(Collectives& sp, const AttentionConfig& config, const Planes& planes,
+                                   ConstTensor q, ConstTensor k, ConstTensor v, MutTensor o,
+                                   const CudaRunOptions& options = {});
+StepTimes cuda_distributed_backward(Collectives& sp, MPI_Comm world, const AttentionConfig& config,
+                                    const Planes& planes, ConstTensor q, ConstTensor k, ConstTensor v,
+                                    ConstTensor dout, MutTensor dq, MutTensor dk, MutTensor dv, double& dbeta,
+                                    const CudaRunOptions& options = {});
+
+}  // namespace racesp::cuda

@@ -1,0 +1,180 @@
+// Sequence parallelism on GPUs (run under mpiexec, one GPU per rank, NCCL): every rank count
+// gives the single-GPU result (float32, 1e-5), uneven and empty shards included. Skips when the
+// host has fewer GPUs than ranks (NCCL takes one rank per GPU) or none.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include "gpu_test_util.hpp"
+#include "racesp/cuda_distributed.hpp"
+#include "racesp/mpi_collectives.hpp"
+#include "racesp/nccl_collectives.hpp"
+#include "racesp/planes.hpp"
+
+namespace racesp {
+namespace {
+
+using cuda::DType;
+using testgpu::GpuTensor;
+using testgpu::rel_error;
+
+int world_rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
+int world_size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
+
+bool enough_gpus() {
+    int ok = cuda::device_count() >= world_size() ? 1 : 0, all = 0;
+    MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all == 1;
+}
+
+struct Outputs {
+    std::vector<float> o, dq, dk, dv;
+    double dbeta = 0;
+};
+
+// Forward + backward of tokens [begin, end) of every batch entry ... here B = 1, so the shard is
+// one contiguous block of rows.
+Outputs run(cuda::Engine& engine, Collectives& sp, const Shape& s, const std::vector<float>& q,
+            const std::vector<float>& k, const std::vector<float>& v, const std::vector<float>& g) {
+    GpuTensor tq(s, DType::f32), tk(s, DType::f32), tv(s, DType::f32), tg(s, DType::f32);
+    GpuTensor o(s, DType::f32), dq(s, DType::f32), dk(s, DType::f32), dv(s, DType::f32);
+    tq.upload(q);
+    tk.upload(k);
+    tv.upload(v);
+    tg.upload(g);
+    for (auto* t : {&o, &dq, &dk, &dv}) t->poison();
+    Outputs out;
+    cuda::device_distributed_forward(engine, sp, tq.view(), tk.view(), tv.view(), o.view());
+    cuda::device_distributed_backward(engine, sp, MPI_COMM_WORLD, tq.view(), tk.view(), tv.view(), tg.view(), dq.view(),
+                                      dk.view(), dv.view(), out.dbeta);
+    out.o = o.download();
+    out.dq = dq.download();
+    out.dk = dk.download();
+    out.dv = dv.download();
+    return out;
+}
+
+void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) {
+    AttentionConfig cfg;
+    cfg.planes = 4;
+    cfg.tables = 3;
+    cfg.beta = 1.5;
+    cfg.causal = causal;
+    cfg.normalization = bucket ? Normalization::bucket : Normalization::kernel;
+    const std::int64_t H = 2, D = 64;
+    const Planes planes(cfg, H, D);
+    const Shape whole{1, T, H, D};
+    const float sc = 1.0f / 8.0f;
+    const auto q = testgpu::random_vector(whole.elements(), 11, sc), k = testgpu::random_vector(whole.elements(), 12, sc);
+    const auto v = testgpu::random_vector(whole.elements(), 13), g = testgpu::random_vector(whole.elements(), 14);
+
+    cuda::Engine engine(cfg, planes);
+    // Reference: the whole sequence on this rank's GPU alone (a communicator of one).
+    MPI_Comm self;
+    MPI_Comm_split(MPI_COMM_WORLD, world_rank(), 0, &self);
+    Outputs ref;
+    {
+        MpiCollectives one(self);
+        cuda::StagedCollectives staged(one);
+        ref = run(engine, staged, whole, q, k, v, g);
+    }
+    // The shard of this rank.
+    const TokenRange r = shard_range(T, world_rank(), world_size());
+    const Shape s{1, r.size(), H, D};
+    const std::int64_t row = H * D;
+    auto slice = [&](const std::vector<float>& x) {
+        return std::vector<float>(x.begin() + r.begin * row, x.begin() + r.end * row);
+    };
+    Outputs got;
+    double dbeta_ref = ref.dbeta;
+    if (nccl) {
+        cuda::NcclCollectives sp(MPI_COMM_WORLD, engine.stream());
+        got = run(engine, sp, s, slice(q), slice(k), slice(v), slice(g));
+    } else {
+        MpiCollectives host(MPI_COMM_WORLD);
+        cuda::StagedCollectives sp(host);
+        got = run(engine, sp, s, slice(q), slice(k), slice(v), slice(g));
+    }
+    MPI_Comm_free(&self);
+    const double gtol = causal && bucket ? 1e-3 : 1e-5;  // see grad_tolerance in test_cuda_attention.cpp
+    // Compare on the whole sequence: gather nothing, each rank checks its own slice.
+    if (r.size() > 0) {
+        EXPECT_LT(rel_error(got.o, slice(ref.o)), 1e-5);
+        EXPECT_LT(rel_error(got.dq, slice(ref.dq)), gtol);
+        EXPECT_LT(rel_error(got.dk, slice(ref.dk)), gtol);
+        EXPECT_LT(rel_error(got.dv, slice(ref.dv)), gtol);
+    }
+    EXPECT_NEAR(got.dbeta, dbeta_ref, gtol * std::max(1.0, std::abs(dbeta_ref)));
+}
+
+class GpuRanks : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
+
+TEST_P(GpuRanks, EqualOneRank) {
+    if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
+    const auto [causal, bucket, nccl] = GetParam();
+    for (std::int64_t T : {1001, 3})  // uneven shards; then fewer tokens than ranks (empty shards)
+        check_ranks_equal_one(causal, bucket, T, nccl);
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuRanks,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool(), ::testing::Bool()));
+
+// The NCCL scans against their definition on distinct per-rank values.
+TEST(NcclCollectives, ScansAndAllreduce) {
+    if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
+    const int rank = world_rank(), size = world_size();
+    cudaStream_t stream;
+    GPU_CHECK(cudaStreamCreate(&stream));
+    {
+        cuda::NcclCollectives sp(MPI_COMM_WORLD, stream);
+        const std::int64_t n = 1000;
+        std::vector<double> mine(n);
+        for (std::int64_t i = 0; i < n; ++i) mine[i] = (rank + 1) * 1000.0 + i * 0.5;
+        double* d = nullptr;
+        GPU_CHECK(cudaMalloc(&d, n * 8));
+        auto expect = [&](auto pick, const char* what) {
+            std::vector<double> got(n);
+            GPU_CHECK(cudaStreamSynchronize(stream));
+            GPU_CHECK(cudaMemcpy(got.data(), d, n * 8, cudaMemcpyDeviceToHost));
+            for (std::int64_t i = 0; i < n; ++i) {
+                double want = 0;
+                for (int r = 0; r < size; ++r)
+                    if (pick(r)) want += (r + 1) * 1000.0 + i * 0.5;
+                ASSERT_EQ(got[i], want) << what << " element " << i;
+            }
+        };
+        GPU_CHECK(cudaMemcpy(d, mine.data(), n * 8, cudaMemcpyHostToDevice));
+        sp.allreduce_sum(d, n);
+        expect([](int) { return true; }, "allreduce");
+        GPU_CHECK(cudaMemcpy(d, mine.data(), n * 8, cudaMemcpyHostToDevice));
+        sp.exscan_sum(d, n);
+        expect([&](int r) { return r < rank; }, "exscan");
+        GPU_CHECK(cudaMemcpy(d, mine.data(), n * 8, cudaMemcpyHostToDevice));
+        sp.reverse_exscan_sum(d, n);
+        expect([&](int r) { return r > rank; }, "reverse exscan");
+        cudaFree(d);
+    }
+    cudaStreamDestroy(stream);
+}
+
+}  // namespace
+}  // namespace racesp
+
+int main(int argc, char** argv) {
+    MPI_Init(&argc, &argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (racesp::cuda::device_count() > 0) {
+        int n = racesp::cuda::device_count();
+        cudaSetDevice(rank % n);
+    }
+    if (rank != 0) {
+        auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+        delete listeners.Release(listeners.default_result_printer());
+    }
+    const int status = RUN_ALL_TESTS();
+    int worst = 0;
+    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Finalize();
+    return worst;
+}
