@@ -120,6 +120,7 @@ if (( RANKS > cores )); then
 fi
 if [[ "$DEVICE" == cuda ]]; then
   # One rank per GPU: each rank keeps the GPU at its local rank among those visible.
+  # shellcheck disable=SC2016  # expanded by each rank's bash, not here
   launch+=(bash -c '
 lr=${OMPI_COMM_WORLD_LOCAL_RANK:?not started by Open MPI}
 IFS=, read -r -a visible <<<"${CUDA_VISIBLE_DEVICES:-}"

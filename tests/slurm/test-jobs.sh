@@ -7,7 +7,8 @@
 #     JSON with the same keys and 2 ranks (not two 1-rank runs);
 #   - attention-gpu.sbatch on two GPUs declared as GRES (placeholders where the machine has none),
 #     run with --device cpu: one GPU per rank through CUDA_VISIBLE_DEVICES, same output;
-#   - scaling-sweep.sbatch as a 4-task job array: a JSON-lines file per combination;
+#   - scaling-sweep.sbatch as a 4-task job array (srun), and as one job running every combination
+#     (weak scaling, mpirun): a JSON-lines file per combination, racesp's ranks and tokens in it;
 #   - run-local.sh outside SLURM: same output;
 #   - a job with a missing input, and one where racesp itself rejects an option: FAILED in
 #     `scontrol show job` and in the job completion log, the error in the job's log;
@@ -17,7 +18,7 @@
 #
 # Exit codes: 0 passed, 1 failed, 77 skipped (no SLURM or munge binaries installed).
 # Environment: KEEP_SLURM_TEST=1 keeps the temporary folder (cluster logs, runs) after a pass;
-# after a failure it is always kept. SLURM_TEST_DEADLINE: seconds to wait for the jobs (400).
+# after a failure it is always kept. SLURM_TEST_DEADLINE: seconds to wait for the jobs (300).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -80,11 +81,13 @@ export RACESP_BIN=$bin RUNS_DIR=$tmp/runs
 unset INPUT LAUNCHER RACESP_ARGS SRUN_ARGS MPIRUN_ARGS GPU_BIND DEVICE RANKS_LIST TOKENS_LIST BENCH_ARGS
 
 # --- input and the direct reference run ------------------------------------------------------------
+# Every step has its own time limit, so that the test ends (and stops its daemons) well before
+# ctest's TIMEOUT, which would kill it without running the EXIT trap.
 input=$tmp/input.h5
-mpirun -np 2 --oversubscribe "$bin" generate --output "$input" --batch 1 --tokens 384 --heads 2 \
+timeout 60 mpirun -np 2 --oversubscribe "$bin" generate --output "$input" --batch 1 --tokens 384 --heads 2 \
   --dim 16 --seed 11 --with-grad
 attn_args=(--causal --backward --tables 2 --planes 3 --quiet)
-mpirun -np 2 --oversubscribe "$bin" attention --input "$input" --output "$tmp/reference.h5" \
+timeout 60 mpirun -np 2 --oversubscribe "$bin" attention --input "$input" --output "$tmp/reference.h5" \
   --metrics "$tmp/reference.json" "${attn_args[@]}"
 [[ -f "$tmp/reference.h5" && -f "$tmp/reference.json" ]] || { echo "FAIL: the direct run wrote no output" >&2; exit 1; }
 say "direct mpirun run done"
@@ -109,21 +112,25 @@ j_badopt=$(INPUT=$input submit -J bad-option "${small[@]}" \
 j_sweep=$(RANKS_LIST="1 2" TOKENS_LIST="256 512" submit -J sweep --array=0-3 --nodes=1 --ntasks=2 \
   --cpus-per-task=1 --time=00:10:00 "$root/jobs/scaling-sweep.sbatch" \
   --heads 2 --dim 16 --tables 2 --planes 3 --causal --repeats 2 --warmup 1)
-say "submitted: cpu-srun $j_srun, cpu-mpirun $j_mpirun, gpu-bind $j_gpu, missing-input $j_missing, bad-option $j_badopt, sweep $j_sweep (array 0-3)"
+# Without --array: every combination in one job, here weak scaling under mpirun.
+j_weak=$(SCALING=weak LAUNCHER=mpirun RANKS_LIST="1 2" TOKENS_LIST="128" submit -J sweep-weak \
+  --nodes=1 --ntasks=2 --cpus-per-task=1 --time=00:10:00 "$root/jobs/scaling-sweep.sbatch" \
+  --heads 2 --dim 16 --tables 2 --planes 3 --repeats 1 --warmup 0)
+say "submitted: cpu-srun $j_srun, cpu-mpirun $j_mpirun, gpu-bind $j_gpu, missing-input $j_missing, bad-option $j_badopt, sweep $j_sweep (array 0-3), sweep-weak $j_weak"
 
 # The local launcher runs meanwhile, outside SLURM, on the same input.
-RUN_NAME=local "$root/jobs/run-local.sh" -n 2 --input "$input" "${attn_args[@]}" \
+RUN_NAME=local timeout 60 "$root/jobs/run-local.sh" -n 2 --input "$input" "${attn_args[@]}" \
   || fail "run-local.sh exited with $?"
 
 # --- wait ----------------------------------------------------------------------------------------------
-deadline=$((SECONDS + ${SLURM_TEST_DEADLINE:-400}))
+deadline=$((SECONDS + ${SLURM_TEST_DEADLINE:-300}))
 while [[ -n "$(squeue -h -o %i)" ]]; do
   if ((SECONDS > deadline)); then
     squeue >&2
-    echo "FAIL: jobs still queued or running after ${SLURM_TEST_DEADLINE:-400}s" >&2
+    echo "FAIL: jobs still queued or running after ${SLURM_TEST_DEADLINE:-300}s" >&2
     exit 1
   fi
-  sleep 2
+  sleep 1
 done
 say "all jobs left the queue"
 
@@ -168,7 +175,7 @@ same_metrics() {  # name, metrics file
   fi
   want=$(json "$tmp/reference.json" | cut -d= -f1) || { fail "$1: reference metrics unreadable"; return; }
   got=$(json "$2" | cut -d= -f1) || { fail "$1: metrics $2 are not a JSON object"; return; }
-  [[ "$want" == "$got" ]] || fail "$1: metrics keys differ from the direct run's: $(echo $got) vs $(echo $want)"
+  [[ "$want" == "$got" ]] || fail "$1: metrics keys differ from the direct run's: ${got//$'\n'/ } vs ${want//$'\n'/ }"
   # Two ranks in one MPI world: a launcher that failed to wire the ranks up (no PMIx) would give
   # two 1-rank runs instead.
   ranks=$(json_get "$2" machine.ranks)
@@ -243,8 +250,19 @@ for combo in r1-t256 r1-t512 r2-t256 r2-t512; do
     || fail "sweep $combo: the JSON lines lack sweep_ranks=$r sweep_tokens=$t"
   # racesp's own fields: the ranks it ran on and the tokens it timed.
   grep -qx "machine.ranks=$r" <<<"$lines" && grep -qx "tokens=$t" <<<"$lines" \
-    || fail "sweep $combo: racesp bench did not run $t tokens on $r ranks: $(echo $lines)"
+    || fail "sweep $combo: racesp bench did not run $t tokens on $r ranks: ${lines//$'\n'/ }"
   say "sweep $combo: $(grep -c '^--- line' <<<"$lines") JSON line(s)"
+done
+
+weak=$(run_of sweep-weak "$j_weak")
+expect_state "$j_weak" "sweep-weak (all combinations, mpirun)" COMPLETED 0:0
+for r in 1 2; do
+  if lines=$(json "$weak/r$r-t128.jsonl" lines 2>&1) && grep -qx "machine.ranks=$r" <<<"$lines" \
+     && grep -qx "tokens=$((128 * r))" <<<"$lines" && grep -qx "launcher=mpirun" <<<"$lines"; then
+    say "sweep-weak r$r: $((128 * r)) tokens on $r ranks under mpirun"
+  else
+    fail "sweep-weak r$r: expected $((128 * r)) tokens on $r ranks in $weak/r$r-t128.jsonl: ${lines//$'\n'/ }"
+  fi
 done
 
 say "done: $failures failure(s)"
