@@ -75,6 +75,23 @@ void fill(std::vector<float>& x, std::uint64_t stream) {
     }
 }
 
+// The collectives of one forward + backward step alone, on state-sized buffers after a barrier:
+// their cost without the waiting for slower ranks that collective_s includes.
+double collectives_alone(Collectives& sp, MPI_Comm world, const AttentionConfig& config, const Shape& shape) {
+    State s(shape.batch, shape.heads, config.features(), shape.dim);
+    MPI_Barrier(world);
+    double t0 = MPI_Wtime();
+    for (int pass = 0; pass < 2; pass++) {  // S in the forward, S again in the backward
+        if (config.causal) sp.exscan_sum(s.data(), s.size());
+        else sp.allreduce_sum(s.data(), s.size());
+    }
+    if (config.causal) sp.reverse_exscan_sum(s.data(), s.size());
+    else sp.allreduce_sum(s.data(), s.size());
+    double local = 0, total = 0;
+    MPI_Allreduce(&local, &total, 1, MPI_DOUBLE, MPI_SUM, world);
+    return MPI_Wtime() - t0;
+}
+
 double max_over(MPI_Comm comm, double x) {
     double m = 0;
     MPI_Allreduce(&x, &m, 1, MPI_DOUBLE, MPI_MAX, comm);
@@ -129,6 +146,7 @@ int bench(MPI_Comm world, int argc, char** argv) {
             double compute_s = max_over(world, f.compute_s + g.compute_s);
             double collective_s = max_over(world, f.collective_s + g.collective_s);
             double forward_s = max_over(world, f.compute_s + f.collective_s);
+            double alone_s = max_over(world, collectives_alone(sp, world, config, shape));
             if (step < b.warmup || grid->world_rank() != 0) continue;
             std::int64_t tokens = b.tokens_per_rank * world_size;
             nlohmann::json line = {
@@ -149,6 +167,8 @@ int bench(MPI_Comm world, int argc, char** argv) {
                 {"forward_s", forward_s},
                 {"compute_s", compute_s},
                 {"collective_s", collective_s},
+                {"collective_alone_s", alone_s},
+                {"state_bytes", b.heads * config.features() * (b.dim + 1) * 8},
                 {"step_s", step_s},
                 {"tokens_per_s", static_cast<double>(tokens) / step_s},
                 {"dbeta", dbeta},
