@@ -44,6 +44,14 @@ StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm 
                                       const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
                                       double& dbeta);
 
+// The local GPU for this MPI rank: the rank's index among the ranks of its node
+// (MPI_Comm_split_type, collective over `comm`) modulo the device count. Calls cudaSetDevice and
+// returns the device; throws Error when there is no device.
+int select_local_device(MPI_Comm comm);
+// The same without communication, from the launcher's environment (OMPI_COMM_WORLD_LOCAL_RANK,
+// SLURM_LOCALID, MV2_COMM_WORLD_LOCAL_RANK, PMI_LOCAL_RANK; 0 when none is set).
+int select_device_from_environment();
+
 struct CudaRunOptions {
     DType dtype = DType::f32;  // device storage of q, k, v, o, dout, dq, dk, dv
     EngineOptions engine;

@@ -48,8 +48,4 @@ private:
     std::int64_t capacity_ = 0;
 };
 
-// The local GPU for this MPI rank: local rank (ranks sharing a node) modulo the device count.
-// Calls cudaSetDevice and returns the device; throws Error when there is no device.
-int select_local_device(MPI_Comm comm);
-
 }  // namespace racesp::cuda

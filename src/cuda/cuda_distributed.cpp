@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "convert.hpp"
@@ -82,6 +83,40 @@ struct OwnedTensor {
 };
 
 }  // namespace
+
+// ---- device selection ----
+
+int select_local_device(MPI_Comm comm) {
+    MPI_Comm local;
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) != MPI_SUCCESS)
+        throw Error("MPI error in MPI_Comm_split_type");
+    int local_rank = 0;
+    MPI_Comm_rank(local, &local_rank);
+    MPI_Comm_free(&local);
+    int devices = 0;
+    CUDA_CHECK(cudaGetDeviceCount(&devices));
+    if (devices == 0) throw Error("no CUDA device");
+    const int device = local_rank % devices;
+    CUDA_CHECK(cudaSetDevice(device));
+    return device;
+}
+
+int select_device_from_environment() {
+    int local_rank = 0;
+    for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MV2_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK"})
+        if (const char* v = std::getenv(name)) {
+            local_rank = std::atoi(v);
+            break;
+        }
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        cudaGetLastError();
+        throw ConfigError("--device cuda: no CUDA device is visible to this process");
+    }
+    const int device = local_rank % devices;
+    CUDA_CHECK(cudaSetDevice(device));
+    return device;
+}
 
 // ---- StagedCollectives ----
 

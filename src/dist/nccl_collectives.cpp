@@ -75,18 +75,4 @@ void NcclCollectives::scan(double* data, std::int64_t count, bool reverse) {
     }
 }
 
-int select_local_device(MPI_Comm comm) {
-    MPI_Comm local;
-    MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local));
-    int local_rank = 0;
-    MPI_Comm_rank(local, &local_rank);
-    MPI_Comm_free(&local);
-    int devices = 0;
-    CUDA_CHECK(cudaGetDeviceCount(&devices));
-    if (devices == 0) throw Error("no CUDA device");
-    const int device = local_rank % devices;
-    CUDA_CHECK(cudaSetDevice(device));
-    return device;
-}
-
 }  // namespace racesp::cuda
