@@ -1,5 +1,5 @@
 // Counter-based normal numbers: SplitMix64 of (key, pair index) -> two uniforms -> Box-Muller
-// in double precision (synthetic.hpp).
+// (synthetic.hpp).
 #include "synthetic.hpp"
 
 #include <cmath>
@@ -16,24 +16,26 @@ std::uint64_t splitmix64(std::uint64_t x) {
     return x ^ (x >> 31);
 }
 
-// Values 2m and 2m + 1 of the stream come from one Box-Muller pair.
-void normal_pair(std::uint64_t key, std::int64_t m, double& z0, double& z1) {
-    const double two_pi = 6.283185307179586476925;
-    std::uint64_t a = splitmix64(key + 2 * static_cast<std::uint64_t>(m));
-    std::uint64_t b = splitmix64(key + 2 * static_cast<std::uint64_t>(m) + 1);
-    double u1 = (static_cast<double>(a >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]: log is finite
-    double u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
-    double r = std::sqrt(-2.0 * std::log(u1));
+// Values 2m and 2m + 1 of the stream come from one Box-Muller pair, in float: one 64-bit draw
+// gives two 24-bit uniforms (|z| <= 5.8), about twice as fast as double and exact enough for
+// synthetic data. Scalar code only, so every element is computed the same way wherever a rank's
+// range starts.
+void normal_pair(std::uint64_t key, std::int64_t m, float& z0, float& z1) {
+    const float two_pi = 6.28318530717958647692f;
+    std::uint64_t a = splitmix64(key + static_cast<std::uint64_t>(m));
+    float u1 = static_cast<float>((a >> 40) + 1) * 0x1.0p-24f;  // (0, 1]: log is finite
+    float u2 = static_cast<float>(a & 0xffffffu) * 0x1.0p-24f;
+    float r = std::sqrt(-2.0f * std::log(u1));
     z0 = r * std::cos(two_pi * u2);
     z1 = r * std::sin(two_pi * u2);
 }
 
 }  // namespace
 
-void fill_normal(std::uint64_t seed, std::uint64_t stream, std::int64_t first, std::int64_t count, double* out) {
+void fill_normal(std::uint64_t seed, std::uint64_t stream, std::int64_t first, std::int64_t count, float* out) {
     const std::uint64_t key = splitmix64(seed ^ splitmix64(stream * 0x632be59bd9b4e019ull));
     std::int64_t i = first, end = first + count;
-    double z0, z1;
+    float z0, z1;
     if (i < end && (i & 1)) {  // odd start: the second half of a pair
         normal_pair(key, i / 2, z0, z1);
         out[i++ - first] = z1;
@@ -59,7 +61,7 @@ void fill_slab(std::uint64_t seed, std::uint64_t stream, const Shape& g, const i
     const std::int64_t pieces_per_b = (nt + piece - 1) / piece;
 #pragma omp parallel
     {
-        std::vector<double> buf(static_cast<std::size_t>(piece * row));
+        std::vector<float> buf(static_cast<std::size_t>(piece * row));
 #pragma omp for schedule(static)
         for (std::int64_t w = 0; w < nb * pieces_per_b; ++w) {
             std::int64_t b = w / pieces_per_b, t0 = (w % pieces_per_b) * piece;
@@ -73,10 +75,10 @@ void fill_slab(std::uint64_t seed, std::uint64_t stream, const Shape& g, const i
                 for (std::int64_t i = 0; i < count; ++i) dst[i] = buf[i];
             } else if (type == io::ElementType::float16) {
                 std::uint16_t* dst = static_cast<std::uint16_t*>(out) + at;
-                for (std::int64_t i = 0; i < count; ++i) dst[i] = io::to_half(static_cast<float>(buf[i]));
+                for (std::int64_t i = 0; i < count; ++i) dst[i] = io::to_half(buf[i]);
             } else {
                 float* dst = static_cast<float*>(out) + at;
-                for (std::int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(buf[i]);
+                for (std::int64_t i = 0; i < count; ++i) dst[i] = buf[i];
             }
         }
     }
