@@ -31,9 +31,9 @@ struct Outputs {
     double dbeta = 0;
 };
 
-// Forward + backward of tokens [begin, end) of every batch entry ... here B = 1, so the shard is
-// one contiguous block of rows.
-Outputs run(cuda::Engine& engine, Collectives& sp, const Shape& s, const std::vector<float>& q,
+// Distributed forward + backward of one shard (B = 1: the shard is one contiguous block of rows);
+// dbeta is summed over `world`.
+Outputs run(cuda::Engine& engine, Collectives& sp, MPI_Comm world, const Shape& s, const std::vector<float>& q,
             const std::vector<float>& k, const std::vector<float>& v, const std::vector<float>& g) {
     GpuTensor tq(s, DType::f32), tk(s, DType::f32), tv(s, DType::f32), tg(s, DType::f32);
     GpuTensor o(s, DType::f32), dq(s, DType::f32), dk(s, DType::f32), dv(s, DType::f32);
@@ -44,7 +44,7 @@ Outputs run(cuda::Engine& engine, Collectives& sp, const Shape& s, const std::ve
     for (auto* t : {&o, &dq, &dk, &dv}) t->poison();
     Outputs out;
     cuda::device_distributed_forward(engine, sp, tq.view(), tk.view(), tv.view(), o.view());
-    cuda::device_distributed_backward(engine, sp, MPI_COMM_WORLD, tq.view(), tk.view(), tv.view(), tg.view(), dq.view(),
+    cuda::device_distributed_backward(engine, sp, world, tq.view(), tk.view(), tv.view(), tg.view(), dq.view(),
                                       dk.view(), dv.view(), out.dbeta);
     out.o = o.download();
     out.dq = dq.download();
@@ -75,7 +75,7 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) 
     {
         MpiCollectives one(self);
         cuda::StagedCollectives staged(one);
-        ref = run(engine, staged, whole, q, k, v, g);
+        ref = run(engine, staged, self, whole, q, k, v, g);  // dbeta summed over this rank alone
     }
     // The shard of this rank.
     const TokenRange r = shard_range(T, world_rank(), world_size());
@@ -88,11 +88,11 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) 
     double dbeta_ref = ref.dbeta;
     if (nccl) {
         cuda::NcclCollectives sp(MPI_COMM_WORLD, engine.stream());
-        got = run(engine, sp, s, slice(q), slice(k), slice(v), slice(g));
+        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g));
     } else {
         MpiCollectives host(MPI_COMM_WORLD);
         cuda::StagedCollectives sp(host);
-        got = run(engine, sp, s, slice(q), slice(k), slice(v), slice(g));
+        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g));
     }
     MPI_Comm_free(&self);
     const double gtol = causal && bucket ? 1e-3 : 1e-5;  // see grad_tolerance in test_cuda_attention.cpp
