@@ -11,6 +11,8 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITE
 cmake --build build-gpu -j 16 --target racesp_cuda_tests racesp_cuda_long_test racesp_cuda_mpi_tests racesp_cuda_bench \
   >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 bench=build-gpu/src/cuda/racesp_cuda_bench
+# Tensor-core instructions in the segment kernels (HMMA: mma.sync / WMMA).
+cuobjdump -sass build-gpu/src/cuda/CMakeFiles/racesp_cuda.dir/cuda_attention.cu.o 2>/dev/null | grep -oE "HMMA[.A-Z0-9]*|FFMA|LDS[.0-9A-Z]*" | sort | uniq -c | tee "$OUT/sass.txt"
 if [[ $what == tests || $what == all ]]; then
   ctest --test-dir build-gpu -L gpu -j 8 --output-on-failure --timeout 600 >"$OUT/ctest.log" 2>&1
   grep -E "tests passed|tests failed|\(Failed\)|\*\*\*" "$OUT/ctest.log" | head -40

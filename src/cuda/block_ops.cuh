@@ -5,6 +5,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
+
+#include <type_traits>
 
 namespace racesp::cuda {
 
@@ -24,13 +27,62 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) { retu
 // columns of B and share rows of A (broadcast).
 enum class Into { set, add, sub };
 
-template <Into mode>
+// The same product on tensor cores: one warp per 16x16 output tile, TF32 operands (10-bit
+// mantissa, so used only for bf16/fp16 inputs), float32 accumulation. LA/LB: row- or col-major.
+template <Into mode, class LA, class LB>
+__device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* Cm,
+                          int ldc) {
+    using namespace nvcuda;
+    constexpr bool a_row = std::is_same<LA, wmma::row_major>::value;
+    constexpr bool b_row = std::is_same<LB, wmma::row_major>::value;
+    const int warp = threadIdx.x / 32, warps = blockDim.x / 32, tn = n / 16;
+    for (int t = warp; t < (m / 16) * tn; t += warps) {
+        const int i0 = (t / tn) * 16, j0 = (t % tn) * 16;
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        if (mode == Into::set) wmma::fill_fragment(acc, 0.0f);
+        else wmma::load_matrix_sync(acc, Cm + i0 * ldc + j0, ldc, wmma::mem_row_major);
+        for (int p = 0; p < k; p += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> b;
+            wmma::load_matrix_sync(a, a_row ? A + i0 * lda + p : A + p * lda + i0, lda);
+            wmma::load_matrix_sync(b, b_row ? B + p * ldb + j0 : B + j0 * ldb + p, ldb);
+#pragma unroll
+            for (int e = 0; e < a.num_elements; ++e) {
+                const float x = wmma::__float_to_tf32(a.x[e]);
+                a.x[e] = mode == Into::sub ? -x : x;
+            }
+#pragma unroll
+            for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(Cm + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
+    }
+    __syncthreads();
+}
+
+template <Into mode, bool TC = false>
 __device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
                            int brs, int bcs, float* Cm, int ldc) {
+    if constexpr (TC) {
+        // Tensor cores when the shape and the layouts allow (else the SIMT loop below).
+        using namespace nvcuda;
+        const bool a_row = acs == 1, b_row = bcs == 1;
+        const int lda = a_row ? ars : acs, ldb = b_row ? brs : bcs;
+        if (m % 16 == 0 && n % 16 == 0 && k % 8 == 0 && ldc % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 &&
+            (a_row || ars == 1) && (b_row || brs == 1)) {
+            if (a_row && b_row) wmma_gemm<mode, wmma::row_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
+            else if (a_row) wmma_gemm<mode, wmma::row_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
+            else if (b_row) wmma_gemm<mode, wmma::col_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
+            else wmma_gemm<mode, wmma::col_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
+            return;
+        }
+    }
     const int nti = (m + 3) / 4, ntj = (n + 3) / 4;
     for (int t = threadIdx.x; t < nti * ntj; t += blockDim.x) {
         const int ti = t / ntj, tj = t % ntj;
         float acc[4][4] = {};
+        // Unrolled so that several iterations' shared-memory loads are in flight at once.
+#pragma unroll 4
         for (int p = 0; p < k; ++p) {
             float a[4], b[4];
 #pragma unroll
@@ -103,11 +155,12 @@ __device__ void store_rows(T* dst, long long row0, long long row_stride, const f
 // phi_l[r] = prod_p sigma(+-2 beta u_p), multiplied plane by plane from plane 0 as the CPU does;
 // sigma(-y) is computed directly so a near-certain bit keeps its small probability's digits.
 // Rows n..C-1 of phi are zero, so padding tokens contribute nothing.
-__device__ inline void feature_map(const float* X, int ldD, const float* Wp, float* u, int ldLP,
+template <bool TC>
+__device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, int ldLP,
                                    float* sig, int ldSig, float* phi, int ldM, int C, int n, int D,
                                    int L, int P, float beta) {
     const int LP = L * P, R = 1 << P, M = L * R;
-    block_gemm<Into::set>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
+    block_gemm<Into::set, TC>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
     for (int e = threadIdx.x; e < C * LP; e += blockDim.x) {
         const int i = e / LP, p = e % LP;
         const float uu = tanhf(u[i * ldLP + p]);

@@ -81,7 +81,7 @@ struct Engine::Impl {
     DeviceBuffer<float> glob_s, glob_u;   // non-causal: the one global state, float32
     DeviceBuffer<double> dbeta_part, dbeta_sum;
 
-    Dims dims(const Shape& s) const {
+    Dims dims(const Shape& s, DType dtype) const {
         Dims d{};
         d.T = static_cast<int>(s.tokens);
         d.H = static_cast<int>(s.heads);
@@ -100,6 +100,8 @@ struct Engine::Impl {
         d.inv_tables = 1.0f / static_cast<float>(config.tables);
         d.causal = config.causal;
         d.bucket = config.normalization == Normalization::bucket;
+        d.tc = dtype != DType::f32;
+        d.Wg = d.tc ? (d.W + 15) / 16 * 16 : d.W;
         return d;
     }
     std::int64_t state_size() const { return static_cast<std::int64_t>(config.features()) * (dim + 1); }
@@ -142,7 +144,7 @@ struct Engine::Impl {
     template <class K, class A>
     void go(K kernel, dim3 grid, std::size_t bytes, const A& a) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-        kernel<<<grid, 256, bytes, stream>>>(a);
+        kernel<<<grid, kBlockThreads, bytes, stream>>>(a);
         CUDA_CHECK_LAUNCH(segment_kernel);
     }
 
@@ -187,7 +189,7 @@ struct Engine::Impl {
     std::pair<const float*, long long> forward_starts(const DeviceTensor& k, const DeviceTensor& v,
                                                       const DeviceState& incoming) {
         const Shape& s = k.shape;
-        const Dims d = dims(s);
+        const Dims d = dims(s, k.dtype);
         const std::int64_t seqs = s.batch * s.heads;
         if (!config.causal) {
             glob_s.reserve(seqs * state_size());
@@ -222,7 +224,8 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
 
     // The largest chunk whose backward tiles fit in one block's shared memory.
-    Dims probe = m.dims(Shape{1, 0, m.heads, m.dim});
+    // (The tensor-core layout of bf16/fp16 inputs is the larger one.)
+    Dims probe = m.dims(Shape{1, 0, m.heads, m.dim}, DType::bf16);
     const int candidates[] = {32, 16, 8};
     for (int c : candidates) {
         if (options.chunk > 0 && c != options.chunk) continue;
@@ -267,7 +270,7 @@ DeviceState Engine::make_state(const Shape& shape) const {
 }
 
 std::size_t Engine::workspace_bytes(const Shape& shape) const {
-    const Dims d = impl_->dims(shape);
+    const Dims d = impl_->dims(shape, DType::f32);
     const std::size_t seqs = shape.batch * shape.heads, st = impl_->state_size();
     return 4 * (2 * seqs * d.nseg * st + 2 * seqs * st) + 8 * (seqs * d.nseg + 1);
 }
@@ -277,7 +280,7 @@ void Engine::key_state(const DeviceTensor& k, const DeviceTensor& v, DeviceState
     m.check_base(k);
     m.check(k.shape, v, k.dtype, "v");
     m.check_state(out, k.shape, "out");
-    const Dims d = m.dims(k.shape);
+    const Dims d = m.dims(k.shape, k.dtype);
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
     m.seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
     Impl::Tensors t;
@@ -295,7 +298,7 @@ void Engine::forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceT
     m.check(k.shape, v, k.dtype, "v");
     m.check(k.shape, o, k.dtype, "o");
     m.check_state(incoming, k.shape, "incoming");
-    const Dims d = m.dims(k.shape);
+    const Dims d = m.dims(k.shape, k.dtype);
     const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
     Impl::Tensors t;
     t.q = &q;
@@ -314,7 +317,7 @@ void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const Dev
     m.check(k.shape, dout, k.dtype, "dout");
     m.check_state(incoming, k.shape, "incoming");
     m.check_state(out, k.shape, "out");
-    const Dims d = m.dims(k.shape);
+    const Dims d = m.dims(k.shape, k.dtype);
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
     const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
     m.seg_u.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
@@ -341,7 +344,7 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
     m.check(k.shape, dv, k.dtype, "dv");
     m.check_state(incoming, k.shape, "incoming");
     m.check_state(incoming_backward, k.shape, "incoming_backward");
-    const Dims d = m.dims(k.shape);
+    const Dims d = m.dims(k.shape, k.dtype);
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
     if (d.nseg == 0) return 0.0;
     const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);

@@ -10,6 +10,8 @@
 // (bucket); Wm holds per query [G / den, -(G . o) / den] (kernel) or [G, 0] (bucket).
 #pragma once
 
+#include <type_traits>
+
 #include "block_ops.cuh"
 #include "segment_layout.hpp"
 
@@ -51,12 +53,13 @@ __device__ inline void store_state(float* dst, const float* S, int ldW, int M, i
 }
 
 template <class T, Pass pass>
-__global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
-    extern __shared__ __align__(16) float smem[];
+__global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArgs<T> a) {
+    extern __shared__ __align__(128) float smem[];
+    constexpr bool TC = !std::is_same<T, float>::value;
     const Dims& d = a.d;
     const Layout& L = a.lay;
     const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int C = d.C, D = d.D, W = d.W, M = d.M, LP = d.LP;
+    const int C = d.C, D = d.D, W = d.W, Wg = d.Wg, M = d.M, LP = d.LP;
     const long long row_stride = static_cast<long long>(d.H) * D;
     const long long bh = static_cast<long long>(b) * d.H + h;
     const long long state_size = static_cast<long long>(M) * W;
@@ -83,6 +86,9 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
     // Phi': phi(Q) itself for the kernel normalisation.
     float* phe = d.bucket ? pht : phq;
 
+    // Zero everything once: padding columns of the [.., D+1] tiles must stay zero.
+    for (std::size_t e = threadIdx.x; e < L.total; e += blockDim.x) smem[e] = 0.0f;
+    __syncthreads();
     for (int e = threadIdx.x; e < LP * D; e += blockDim.x)
         Wp[(e / D) * L.ldD + e % D] = a.planes[h * static_cast<long long>(LP) * D + e];
     if (pass == Pass::key_state) {
@@ -107,12 +113,12 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
         // Features of the chunk's keys and queries, and [V, 1].
         if (need_keys) {
             load_rows(X, L.ldD, a.k, row0, row_stride, D, C, n, false);
-            feature_map(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
+            feature_map<TC>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
             load_rows(V, L.ldW, a.v, row0, row_stride, D, C, n, true);
         }
         if (pass != Pass::key_state) {
             load_rows(X, L.ldD, a.q, row0, row_stride, D, C, n, false);
-            feature_map(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
+            feature_map<TC>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
             if (d.bucket) {
                 // r_i[m] = 1 / (A_i[m] + eps), A_i the bucket counts visible to query i.
                 for (int m = threadIdx.x; m < M; m += blockDim.x) {
@@ -128,13 +134,13 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
             }
             if (d.causal) {
                 // att[i][j] = Phi'_i . phi(k_j), j <= i
-                block_gemm<Into::set>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC);
+                block_gemm<Into::set, TC>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC);
                 mask_causal(att, C, L.ldC);
             }
             const bool need_num = pass == Pass::forward || !d.bucket;
             if (need_num) {
-                block_gemm<Into::set>(C, W, M, phe, L.ldM, 1, S, L.ldW, 1, num, L.ldW);
-                if (d.causal) block_gemm<Into::add>(C, W, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
+                block_gemm<Into::set, TC>(C, Wg, M, phe, L.ldM, 1, S, L.ldW, 1, num, L.ldW);
+                if (d.causal) block_gemm<Into::add, TC>(C, Wg, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
             }
         }
 
@@ -165,11 +171,11 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
                 __syncthreads();
             }
             // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
-            block_gemm<Into::set>(C, M, W, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
+            block_gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
             if (d.causal) {
-                block_gemm<Into::set>(C, C, W, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC);
+                block_gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC);
                 mask_causal(p2, C, L.ldC);
-                block_gemm<Into::add>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
+                block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
             }
             if (d.bucket) {
                 // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
@@ -185,7 +191,7 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
 
         if (pass == Pass::query_state) {
             // U += Phi'^T Wm; bucket: U[:, D] -= sum_i Y_i.
-            block_gemm<Into::add>(M, W, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+            block_gemm<Into::add, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
             if (d.bucket) {
                 for (int m = threadIdx.x; m < M; m += blockDim.x) {
                     float s = 0.0f;
@@ -199,7 +205,7 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
         if (pass == Pass::backward) {
             if (d.causal) {
                 // U after this chunk: the sum over the queries after it.
-                block_gemm<Into::sub>(M, W, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+                block_gemm<Into::sub, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
                 if (d.bucket) {
                     for (int m = threadIdx.x; m < M; m += blockDim.x) {
                         float s = 0.0f;
@@ -210,9 +216,9 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
                 }
             }
             // dL/dphi(k_j) = U(j) [v_j, 1] with U(j) = U_after + the chunk's queries i >= j.
-            block_gemm<Into::set>(C, M, W, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
+            block_gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
             if (d.causal) {
-                block_gemm<Into::add>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
+                block_gemm<Into::add, TC>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
                 if (d.bucket) {
                     for (int m = threadIdx.x; m < M; m += blockDim.x) {
                         float s = 0.0f;
@@ -225,21 +231,21 @@ __global__ void __launch_bounds__(256) segment_kernel(const SegmentArgs<T> a) {
                 }
             }
             // dv_j = phi(k_j) U(j)[:, :D]
-            block_gemm<Into::set>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
-            if (d.causal) block_gemm<Into::add>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW);
+            block_gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
+            if (d.causal) block_gemm<Into::add, TC>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW);
             store_rows(a.dv, row0, row_stride, num, L.ldW, D, n);
             // dq and dk through the feature map: dz, then dx = dz Wp.
             dbeta += feature_map_backward(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
-            block_gemm<Into::set>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+            block_gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
             store_rows(a.dq, row0, row_stride, X, L.ldD, D, n);
             dbeta += feature_map_backward(uk, L.ldLP, phk, dphk, L.ldM, dz, C, n, d.L, d.P, d.beta);
-            block_gemm<Into::set>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+            block_gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
             store_rows(a.dk, row0, row_stride, X, L.ldD, D, n);
         }
 
         // Chunk totals into S (key_state; causal passes move S past the chunk).
         if (pass == Pass::key_state || d.causal)
-            block_gemm<Into::add>(M, W, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
+            block_gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
     }
     if (pass == Pass::backward) {
         // Block sum of dL/dbeta in a fixed order (deterministic).

@@ -14,7 +14,11 @@ struct Dims {
     int C, NS, nseg;                 // chunk, segment tokens, segments per sequence
     float beta, eps, inv_tables;
     bool causal, bucket;
+    bool tc;  // bf16/fp16 inputs: tile products on tensor cores (TF32), tiles laid out for WMMA
+    int Wg;   // columns of the [.., D+1] tiles in products: D+1, rounded up to 16 with tc (zero pad)
 };
+
+constexpr int kBlockThreads = 512;
 
 // Offsets in floats into the block's dynamic shared memory; 0 size when a pass does not use it.
 struct Layout {
@@ -24,23 +28,26 @@ struct Layout {
 };
 
 __host__ __device__ inline int odd_pad(int n) { return n % 2 == 0 ? n + 1 : n; }
+// WMMA wants leading dimensions that are multiples of 4 floats; +4 staggers the rows' banks.
+__host__ __device__ inline int wmma_pad(int n) { return (n + 3) / 4 * 4 + 4; }
 
 __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     Layout l{};
-    l.ldD = odd_pad(d.D);
-    l.ldW = odd_pad(d.W);
-    l.ldM = odd_pad(d.M);
-    l.ldC = odd_pad(d.C);
-    l.ldLP = odd_pad(d.LP);
+    auto pad = [&](int n) { return d.tc ? wmma_pad(n) : odd_pad(n); };
+    l.ldD = pad(d.D);
+    l.ldW = d.tc ? wmma_pad(d.Wg) : odd_pad(d.W);
+    l.ldM = pad(d.M);
+    l.ldC = pad(d.C);
+    l.ldLP = pad(d.LP);
     l.ldSig = odd_pad(2 * d.LP);
     const bool fwd_like = pass != Pass::key_state;
     const bool grad = pass == Pass::query_state || pass == Pass::backward;
     const bool bwd = pass == Pass::backward;
     std::size_t at = 0;
-    // Each buffer starts on a 16-byte boundary (the block-sum area holds doubles).
+    // Each buffer starts on a 64-byte boundary (WMMA tiles need 32; the block-sum area holds doubles).
     auto take = [&](std::size_t floats) {
         const std::size_t here = at;
-        at += (floats + 3) / 4 * 4;
+        at += (floats + 15) / 16 * 16;
         return here;
     };
     const std::size_t C = d.C;
@@ -63,7 +70,7 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.dphq = grad ? take(C * l.ldM) : 0;
     l.dphk = bwd ? take(C * l.ldM) : 0;
     l.dz = bwd ? take(C * l.ldLP) : 0;
-    l.red = bwd ? take(2 * 1024) : 0;  // one double per thread for the dbeta block sum
+    l.red = bwd ? take(2 * kBlockThreads) : 0;  // one double per thread for the dbeta block sum
     l.total = at;
     return l;
 }
