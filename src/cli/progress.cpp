@@ -43,7 +43,8 @@ std::string human_count(double n) {
 std::string human_duration(double s) {
     char buf[32];
     if (!std::isfinite(s)) return "?";
-    if (s < 10) std::snprintf(buf, sizeof buf, "%.1fs", s);
+    if (s < 1) std::snprintf(buf, sizeof buf, "%.2fs", s);
+    else if (s < 10) std::snprintf(buf, sizeof buf, "%.1fs", s);
     else if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
     else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
     else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, int(s) % 3600 / 60);
