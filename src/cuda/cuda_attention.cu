@@ -93,7 +93,10 @@ struct Engine::Impl {
         d.M = d.L * d.R;
         d.LP = d.L * d.P;
         d.C = chunk;
-        d.NS = chunk * options.segment_chunks;
+        // Causal bucket gradients are sensitive to the in-segment subtraction of the backward
+        // state (large 1/(A+eps) terms): segments of at most 4 chunks there.
+        const bool short_segments = config.causal && config.normalization == Normalization::bucket;
+        d.NS = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
         d.nseg = static_cast<int>((s.tokens + d.NS - 1) / d.NS);
         d.beta = static_cast<float>(config.beta);
         d.eps = static_cast<float>(config.eps);
@@ -173,9 +176,11 @@ struct Engine::Impl {
         a.s_seg_stride = s_stride;
         a.u_start = u_start;
         a.u_seg_stride = u_stride;
+        a.u_end = u_end;
         a.dbeta_part = dbeta_part.data();
         launch<T>(pass, d, a, batch);
     }
+    const float* u_end = nullptr;  // set by backward for the causal pass
     void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
              const float* s_start, long long s_stride, const float* u_start = nullptr, long long u_stride = 0) {
         switch (dtype) {
@@ -361,6 +366,9 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
         m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
         reverse_inclusive_scan_segments(m.seg_u.data(), incoming_backward.data(), seqs, d.nseg,
                                         m.state_size(), m.stream);
+        m.glob_u.reserve(seqs * m.state_size());
+        state_to_float(incoming_backward.data(), m.glob_u.data(), seqs * m.state_size(), m.stream);
+        m.u_end = m.glob_u.data();
         u_start = m.seg_u.data();
         u_stride = m.state_size();
     } else {

@@ -35,6 +35,7 @@ struct SegmentArgs {
     long long s_seg_stride;   // M*W for causal (one per segment), 0 when one state serves all
     const float* u_start;     // backward state at each segment's start, likewise
     long long u_seg_stride;
+    const float* u_end;       // causal backward: the state after the shard (incoming), [B, H, M, W]
     double* dbeta_part;       // backward: one float64 per block
 };
 
@@ -203,7 +204,12 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
         }
 
         if (pass == Pass::backward) {
-            if (d.causal) {
+            if (d.causal && t0 + C >= seg_end) {
+                // U after the segment's last chunk is the next segment's start state, rounded once
+                // from float64: no subtraction, so rounding left by large early terms stops here.
+                load_state(U, L.ldW, seg + 1 < d.nseg ? a.u_start + bh * d.nseg * a.u_seg_stride + (seg + 1) * a.u_seg_stride
+                                                      : a.u_end + bh * state_size, M, W);
+            } else if (d.causal) {
                 // U after this chunk: the sum over the queries after it.
                 block_gemm<Into::sub, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
                 if (d.bucket) {
