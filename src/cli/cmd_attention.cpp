@@ -89,7 +89,7 @@ int run_attention(MPI_Comm world, const Args& args) {
     const bool talk = rank == 0 && !a.quiet;
 
     // Cheap checks first: a bad output path must not wait for an hour of reading.
-    if (!a.metrics.empty()) check_writable_file(world, a.metrics, "--metrics");
+    if (!a.metrics.empty()) check_writable_file(world, a.metrics, "--metrics", {a.input, a.output});
     io::check_output_path(world, a.output, {a.input}, a.overwrite);
 
     io::InputFile in(world, a.input);

@@ -50,8 +50,26 @@ po::options_description bench_options(BenchArgs& a) {
 const char* const usage = "racesp bench [--device cpu] [--tokens N | --tokens-per-rank N] [--causal | --both] [options]";
 const char* const description =
     "Times distributed forward + backward on synthetic data held in memory (no file I/O): median over\n"
-    "--repeats after --warmup, split into compute and collective time (each the slowest rank's), with\n"
-    "tokens/s and peak resident memory. One JSON object per configuration on stdout.";
+    "--repeats after --warmup, split into compute and collective time (each the slowest rank's; the\n"
+    "collectives also alone after a barrier, without waiting for slower ranks), with tokens/s and peak\n"
+    "resident memory. One JSON object per configuration on stdout.";
+
+// The collectives of one forward + backward step alone, on state-sized buffers after a barrier:
+// their cost without the waiting for slower ranks that the step's collective time includes.
+double collectives_alone(Collectives& sp, MPI_Comm world, const AttentionConfig& config, const Shape& local) {
+    State s(local.batch, local.heads, config.features(), local.dim);
+    MPI_Barrier(world);
+    double t0 = MPI_Wtime();
+    for (int pass = 0; pass < 2; ++pass) {  // S in the forward, S again in the backward
+        if (config.causal) sp.exscan_sum(s.data(), s.size());
+        else sp.allreduce_sum(s.data(), s.size());
+    }
+    if (config.causal) sp.reverse_exscan_sum(s.data(), s.size());
+    else sp.allreduce_sum(s.data(), s.size());
+    double dbeta = 0, sum = 0;  // and the dbeta sum over the world
+    MPI_Allreduce(&dbeta, &sum, 1, MPI_DOUBLE, MPI_SUM, world);
+    return MPI_Wtime() - t0;
+}
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -121,7 +139,7 @@ int run_bench(MPI_Comm world, const Args& args) {
         AttentionConfig config = a.race.config;
         config.causal = causal;
         Planes planes(config, shape.heads, shape.dim);
-        std::vector<double> total, forward, backward, compute, collective;
+        std::vector<double> total, forward, backward, compute, collective, alone;
         for (int r = 0; r < a.warmup + a.repeats; ++r) {
             MPI_Barrier(world);
             double t0 = MPI_Wtime();
@@ -134,7 +152,9 @@ int run_bench(MPI_Comm world, const Args& args) {
             double local_times[5] = {t2 - t0, t1 - t0, t2 - t1, f.compute_s + b.compute_s, f.collective_s + b.collective_s};
             double slowest[5];
             MPI_Allreduce(local_times, slowest, 5, MPI_DOUBLE, MPI_MAX, world);
+            double alone_s = max_over_ranks(world, collectives_alone(sp, world, config, local));
             if (r < a.warmup) continue;
+            alone.push_back(alone_s);
             total.push_back(slowest[0]);
             forward.push_back(slowest[1]);
             backward.push_back(slowest[2]);
@@ -152,6 +172,8 @@ int run_bench(MPI_Comm world, const Args& args) {
             {"median_s", step}, {"min_s", *std::min_element(total.begin(), total.end())},
             {"max_s", *std::max_element(total.begin(), total.end())}, {"forward_s", median(forward)},
             {"backward_s", median(backward)}, {"compute_s", median(compute)}, {"collective_s", median(collective)},
+            {"collective_alone_s", median(alone)},
+            {"state_bytes", local.batch * shape.heads * config.features() * (shape.dim + 1) * 8},
             {"tokens_per_s", static_cast<double>(shape.batch * shape.tokens) / step},
             {"peak_rss_bytes", max_over_ranks(world, peak_rss_bytes())}, {"times_s", total}, {"machine", machine}};
         print_on_root(world, line.dump() + "\n");

@@ -83,7 +83,8 @@ void write_text_file(MPI_Comm world, const std::string& path, const std::string&
     check_all(world, problem.empty(), problem);
 }
 
-void check_writable_file(MPI_Comm world, const std::string& path, const std::string& option) {
+void check_writable_file(MPI_Comm world, const std::string& path, const std::string& option,
+                         const std::vector<std::string>& others) {
     int rank = 0;
     MPI_Comm_rank(world, &rank);
     std::string problem;
@@ -91,10 +92,18 @@ void check_writable_file(MPI_Comm world, const std::string& path, const std::str
         namespace fs = std::filesystem;
         std::error_code ec;
         fs::path dir = fs::absolute(fs::path(path)).parent_path();
-        if (fs::is_directory(path, ec)) problem = option + " '" + path + "' is a directory";
-        else if (!fs::is_directory(dir, ec)) problem = option + ": directory '" + dir.string() + "' does not exist";
-        else if (::access(dir.c_str(), W_OK) != 0)
-            problem = option + ": directory '" + dir.string() + "' is not writable: " + std::strerror(errno);
+        for (const std::string& other : others) {
+            std::error_code e1, e2;
+            if (fs::weakly_canonical(path, e1) == fs::weakly_canonical(other, e2) && !e1 && !e2)
+                problem = option + " '" + path + "' is also '" + other + "'; choose another file";
+        }
+        if (problem.empty()) {
+            if (fs::is_directory(path, ec)) problem = option + " '" + path + "' is a directory";
+            else if (!fs::is_directory(dir, ec))
+                problem = option + ": directory '" + dir.string() + "' does not exist";
+            else if (::access(dir.c_str(), W_OK) != 0)
+                problem = option + ": directory '" + dir.string() + "' is not writable: " + std::strerror(errno);
+        }
     }
     check_all(world, problem.empty(), problem);
 }

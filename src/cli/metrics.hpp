@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -25,7 +26,9 @@ nlohmann::json machine_description(MPI_Comm world);
 // CollectiveError if it could not.
 void write_text_file(MPI_Comm world, const std::string& path, const std::string& text);
 
-// Collective: rank 0 checks that `path` could be created (its directory exists and takes files).
-void check_writable_file(MPI_Comm world, const std::string& path, const std::string& option);
+// Collective: rank 0 checks that `path` could be created (its directory exists and takes files)
+// and that it is none of `others` (the input, the output), which it would overwrite.
+void check_writable_file(MPI_Comm world, const std::string& path, const std::string& option,
+                         const std::vector<std::string>& others);
 
 }  // namespace racesp::cli

@@ -124,6 +124,13 @@ TEST_F(Errors, ExistingOutputWithoutOverwriteIsLeftAlone) {
     EXPECT_EQ(text, "precious");
 }
 
+TEST_F(Errors, MetricsFileMustNotBeAnInputOrOutput) {
+    expect_error(dir, 2, "attention --input in.h5 --output out.h5 --metrics ./in.h5",
+                 "--metrics './in.h5' is also 'in.h5'; choose another file", {"in.h5"});
+    expect_error(dir, 0, "attention --input in.h5 --output out.h5 --metrics missing/m.json",
+                 "--metrics: directory", {"in.h5"});
+}
+
 TEST_F(Errors, OutputIsADirectory) {
     fs::create_directory(dir / "out.h5");
     expect_error(dir, 2, "attention --input in.h5 --output out.h5 --overwrite", "output 'out.h5' is a directory",
