@@ -90,14 +90,27 @@ void Progress::update(std::int64_t done, std::int64_t total) {
     printed_ = true;
 }
 
-Heartbeat::Heartbeat(bool enabled, std::string label, std::chrono::seconds interval) {
+Heartbeat::Heartbeat(bool enabled, std::string label, double expected_s, std::int64_t tokens,
+                     std::chrono::seconds interval) {
     if (!enabled) return;
-    thread_ = std::thread([this, label = std::move(label), interval] {
+    thread_ = std::thread([this, label = std::move(label), expected_s, tokens, interval] {
         auto start = clock_type::now();
         std::unique_lock<std::mutex> lock(mutex_);
-        while (!wake_.wait_for(lock, interval, [this] { return stop_; }))
-            put("racesp: " + label + ": running for " + human_duration(seconds_between(start, clock_type::now())) +
-                "\n");
+        while (!wake_.wait_for(lock, interval, [this] { return stop_; })) {
+            double elapsed = seconds_between(start, clock_type::now());
+            std::string line = "racesp: " + label + ": running for " + human_duration(elapsed);
+            if (expected_s > 0 && elapsed < expected_s) {
+                double done = static_cast<double>(tokens) * elapsed / expected_s;
+                char pct[16];
+                std::snprintf(pct, sizeof pct, "%.0f%%", 100.0 * elapsed / expected_s);
+                line = "racesp: " + label + ": ~" + human_count(done) + "/" + human_count(double(tokens)) +
+                       " tokens (~" + pct + ", estimated), ~" + human_count(double(tokens) / expected_s) +
+                       " tokens/s, ETA ~" + human_duration(expected_s - elapsed);
+            } else if (expected_s > 0) {
+                line += ", longer than the estimated " + human_duration(expected_s);
+            }
+            put(line + "\n");
+        }
     });
 }
 

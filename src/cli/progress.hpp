@@ -25,10 +25,13 @@ private:
     std::chrono::steady_clock::time_point start_, last_;
 };
 
-// Prints "<label>: running for 1m20s" every `interval` from a background thread until destroyed.
+// For a phase that cannot report its own progress (one engine call): a background thread prints
+// every `interval`, until destroyed, either "<label>: running for 1m20s" or, given the phase's
+// expected duration for `tokens` tokens, an estimate of tokens done, tokens/s and ETA.
 class Heartbeat {
 public:
-    Heartbeat(bool enabled, std::string label, std::chrono::seconds interval = std::chrono::seconds(10));
+    Heartbeat(bool enabled, std::string label, double expected_s = 0, std::int64_t tokens = 0,
+              std::chrono::seconds interval = std::chrono::seconds(10));
     ~Heartbeat();
     Heartbeat(const Heartbeat&) = delete;
     Heartbeat& operator=(const Heartbeat&) = delete;
