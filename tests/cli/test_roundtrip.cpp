@@ -97,7 +97,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"bucket_causal_2ranks_dp", 2, "--normalization bucket --causal --sp-size 1 --share-planes",
              make_config(4, 4, 1.0, Normalization::bucket, true, 0, true)},
         Case{"kernel_causal_4ranks_sp2", 4, "--causal --sp-size 2 --planes 5 --tables 2",
-             make_config(2, 5, 1.0, Normalization::kernel, true, 0)}),
+             make_config(2, 5, 1.0, Normalization::kernel, true, 0)},
+        // 4 data-parallel groups for 2 sequences: two ranks hold nothing.
+        Case{"kernel_noncausal_4ranks_dp_empty", 4, "--sp-size 1", make_config(4, 4, 1.0, Normalization::kernel, false, 0)}),
     [](const ::testing::TestParamInfo<Case>& p) { return std::string(p.param.name); });
 
 TEST(RoundTrip, OneAndThreeRanksWriteTheSameFiles) {
