@@ -229,9 +229,17 @@ TEST(Errors, EmptyBatchHeadsOrDimThrowShapeError) {
     for (const Shape& s : {Shape{0, 5, 1, 4}, Shape{1, 5, 0, 4}, Shape{1, 5, 1, 0}, Shape{-1, 5, 1, 4},
                            Shape{1, -2, 1, 4}}) {
         Buffers a(s), out(s);
-        // ASSERT: if the check lets the shape through, the kernels are not run on it.
-        ASSERT_THROW(check_shapes(planes, a.in(), a.in(), a.in()), ShapeError) << s.str();
-        EXPECT_THROW(attention_forward(config, planes, a.in(), a.in(), a.in(), out.out()), ShapeError) << s.str();
+        bool rejected = false;
+        try {
+            check_shapes(planes, a.in(), a.in(), a.in());
+        } catch (const ShapeError&) {
+            rejected = true;
+        }
+        EXPECT_TRUE(rejected) << "check_shapes accepts " << s.str();
+        // Shapes the check lets through are not fed to the kernels (batch 0 divides by zero).
+        if (rejected) {
+            EXPECT_THROW(attention_forward(config, planes, a.in(), a.in(), a.in(), out.out()), ShapeError) << s.str();
+        }
     }
     EXPECT_THROW(Planes(config, 0, 4), ShapeError);
     EXPECT_THROW(Planes(config, 1, 0), ShapeError);

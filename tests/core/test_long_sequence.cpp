@@ -40,6 +40,11 @@ void phi_table(const float* W, int P, const float* x, double beta, double* phi) 
 }
 
 TEST(LongSequence, TenMillionTokensCausalMatchesFloat64) {
+#ifndef NDEBUG
+    // Unoptimised (debug, sanitizer) builds need over ten minutes for 10M tokens; the same code
+    // paths run there on short sequences, and this test runs in every release build (CI).
+    GTEST_SKIP() << "10M tokens: release builds only";
+#endif
     AttentionConfig config;
     config.causal = true;
     config.planes = 2;  // small P and L: the point is the length of the sums, and the time in CI
