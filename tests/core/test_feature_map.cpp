@@ -2,6 +2,7 @@
 // reference: localises a mistake to the feature map before the attention sweeps run.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
