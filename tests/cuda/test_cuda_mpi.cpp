@@ -103,7 +103,10 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) 
         EXPECT_LT(rel_error(got.dk, slice(ref.dk)), gtol);
         EXPECT_LT(rel_error(got.dv, slice(ref.dv)), gtol);
     }
-    EXPECT_NEAR(got.dbeta, dbeta_ref, gtol * std::max(1.0, std::abs(dbeta_ref)));
+    // dbeta is one float64 sum over every token of float32 per-block parts whose rounding depends on
+    // where segments start, which moves with the shard boundaries: measured 1.03e-5 relative at 2
+    // and 4 ranks (causal, kernel) on H200s, so 1e-4 here; outputs and gradients stay at 1e-5.
+    EXPECT_NEAR(got.dbeta, dbeta_ref, std::max(gtol, 1e-4) * std::max(1.0, std::abs(dbeta_ref)));
 }
 
 class GpuRanks : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
