@@ -27,6 +27,8 @@ void expect_error(const ScratchDir& dir, int ranks, const std::string& args, con
     EXPECT_EQ(run.output.find("racesp: rank"), std::string::npos) << run.output;  // not an abort
     EXPECT_EQ(run.output.find("HDF5-DIAG"), std::string::npos) << run.output;
     EXPECT_EQ(run.output.find("terminate called"), std::string::npos) << run.output;
+    EXPECT_EQ(run.output.find("Sanitizer"), std::string::npos) << run.output;  // debug builds
+    EXPECT_EQ(run.output.find("runtime error"), std::string::npos) << run.output;
     std::sort(left.begin(), left.end());
     EXPECT_EQ(dir.entries(), left) << run.output;
 }
