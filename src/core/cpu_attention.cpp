@@ -48,6 +48,7 @@ Plan make_plan(const Shape& s, const CpuOptions& options) {
     Plan p{s.batch, s.heads, s.tokens, 0, 0, std::max<std::int64_t>(1, options.block_tokens)};
     if (options.chunk_tokens > 0) {
         p.chunk = options.chunk_tokens;
+        p.block = std::min(p.block, p.chunk);
     } else {
         // About four items per thread, so dynamic scheduling evens out the load.
         const std::int64_t want = 4 * omp_get_max_threads();
@@ -55,6 +56,8 @@ Plan make_plan(const Shape& s, const CpuOptions& options) {
         p.chunk = std::max(p.block, (s.tokens + per_sequence - 1) / per_sequence);
     }
     p.chunks = s.tokens == 0 ? 0 : (s.tokens + p.chunk - 1) / p.chunk;
+    // Blocks hold block^2 scratch: never larger than the longest chunk.
+    p.block = std::max<std::int64_t>(1, std::min(p.block, std::min(p.chunk, s.tokens)));
     return p;
 }
 
@@ -268,12 +271,24 @@ void check_shapes(const Planes& planes, ConstTensor q, ConstTensor k, ConstTenso
     if (!(k.shape() == s) || !(v.shape() == s))
         throw ShapeError("q, k and v must have one shape; got q " + s.str() + ", k " + k.shape().str() + ", v " +
                          v.shape().str());
-    if (s.batch < 0 || s.heads < 1 || s.dim < 1 || s.tokens < 0)
-        throw ShapeError("tensors must have heads and dim >= 1, got " + s.str());
+    if (s.batch < 1 || s.heads < 1 || s.dim < 1 || s.tokens < 0)
+        throw ShapeError("tensors must have batch, heads and dim >= 1, got " + s.str());
     if (s.heads != planes.heads() || s.dim != planes.dim())
         throw ShapeError("tensors " + s.str() + " do not match planes made for " + std::to_string(planes.heads()) +
                          " heads of dim " + std::to_string(planes.dim()));
 }
+
+namespace {
+// The configuration is valid, the planes were made from it, and the tensors fit both.
+void check_inputs(const AttentionConfig& config, const Planes& planes, ConstTensor q, ConstTensor k, ConstTensor v) {
+    config.validate();
+    if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)
+        throw ShapeError("planes were made for L=" + std::to_string(planes.tables()) + ", P=" +
+                         std::to_string(planes.planes_per_table()) + " but the configuration has L=" +
+                         std::to_string(config.tables) + ", P=" + std::to_string(config.planes));
+    check_shapes(planes, q, k, v);
+}
+}  // namespace
 
 State zero_state(const AttentionConfig& config, const Shape& shape) {
     return State(shape.batch, shape.heads, config.features(), shape.dim);
@@ -281,8 +296,7 @@ State zero_state(const AttentionConfig& config, const Shape& shape) {
 
 State key_state(const AttentionConfig& config, const Planes& planes, ConstTensor k, ConstTensor v,
                 const CpuOptions& options) {
-    config.validate();
-    check_shapes(planes, k, k, v);
+    check_inputs(config, planes, k, k, v);
     const Geometry g(config, k.shape().dim);
     const Plan p = make_plan(k.shape(), options);
     return sum_chunks(config, k.shape(), p, chunk_key_totals(g, p, planes, k, v));
@@ -290,8 +304,7 @@ State key_state(const AttentionConfig& config, const Planes& planes, ConstTensor
 
 void forward(const AttentionConfig& config, const Planes& planes, ConstTensor q, ConstTensor k, ConstTensor v,
              const State& incoming, MutTensor o, const CpuOptions& options) {
-    config.validate();
-    check_shapes(planes, q, k, v);
+    check_inputs(config, planes, q, k, v);
     check_like(q, o, "o");
     check_state(incoming, config, q.shape(), "incoming forward");
     const Geometry g(config, q.shape().dim);
@@ -308,8 +321,7 @@ void forward(const AttentionConfig& config, const Planes& planes, ConstTensor q,
 
 State query_state(const AttentionConfig& config, const Planes& planes, ConstTensor q, ConstTensor k,
                   ConstTensor v, ConstTensor dout, const State& incoming, const CpuOptions& options) {
-    config.validate();
-    check_shapes(planes, q, k, v);
+    check_inputs(config, planes, q, k, v);
     check_like(q, dout, "dout");
     check_state(incoming, config, q.shape(), "incoming forward");
     const Geometry g(config, q.shape().dim);
@@ -321,8 +333,7 @@ State query_state(const AttentionConfig& config, const Planes& planes, ConstTens
 double backward(const AttentionConfig& config, const Planes& planes, ConstTensor q, ConstTensor k, ConstTensor v,
                 ConstTensor dout, const State& incoming, const State& incoming_backward, MutTensor dq,
                 MutTensor dk, MutTensor dv, const CpuOptions& options) {
-    config.validate();
-    check_shapes(planes, q, k, v);
+    check_inputs(config, planes, q, k, v);
     check_like(q, dout, "dout");
     check_like(q, dq, "dq");
     check_like(q, dk, "dk");
@@ -352,8 +363,9 @@ double backward(const AttentionConfig& config, const Planes& planes, ConstTensor
         }
     }
 
-    double dbeta = 0.0;
-#pragma omp parallel for schedule(dynamic) reduction(+ : dbeta)
+    // Per-item parts, summed in item order afterwards so dbeta does not depend on the schedule.
+    std::vector<double> dbeta_items(static_cast<std::size_t>(p.items()), 0.0);
+#pragma omp parallel for schedule(dynamic)
     for (std::int64_t item = 0; item < p.items(); ++item) {
         const std::int64_t seq = item / p.chunks, c = item % p.chunks;
         const std::int64_t b = seq / p.heads, h = seq % p.heads;
@@ -364,8 +376,10 @@ double backward(const AttentionConfig& config, const Planes& planes, ConstTensor
         s.dv = dv.row(b, 0, h);
         const double* S_end = g.causal ? &S_ends[item * n] : incoming.block(b, h);
         const double* U_end = g.causal ? &U_ends[item * n] : incoming_backward.block(b, h);
-        dbeta += chunk_backward(g, p, s, p.chunk_begin(c), p.chunk_end(c), S_end, U_end);
+        dbeta_items[item] = chunk_backward(g, p, s, p.chunk_begin(c), p.chunk_end(c), S_end, U_end);
     }
+    double dbeta = 0.0;
+    for (const double part : dbeta_items) dbeta += part;
     return dbeta;
 }
 

@@ -1,6 +1,7 @@
 #include "feature_map.hpp"
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -45,15 +46,25 @@ inline void sigmoid_pair(float y, float& plus, float& minus) {
 
 }  // namespace
 
+float min_bit_probability(int planes) {
+    // e^{-87/P}: P such factors stay above float32's smallest normal number (about e^-87.3).
+    return static_cast<float>(std::exp(-87.0 / planes));
+}
+
 void feature_map_rows(int tables, int planes, float beta, std::int64_t n, float* z_to_u, float* phi) {
     const std::int64_t lp = static_cast<std::int64_t>(tables) * planes, buckets = std::int64_t{1} << planes;
+    const float floor = min_bit_probability(planes);
 #pragma omp simd
     for (std::int64_t i = 0; i < n * lp; ++i) z_to_u[i] = fast_tanh(z_to_u[i]);
     std::vector<float> plus(static_cast<std::size_t>(lp)), minus(static_cast<std::size_t>(lp));
     for (std::int64_t i = 0; i < n; ++i) {
         const float* u = z_to_u + i * lp;
 #pragma omp simd
-        for (std::int64_t j = 0; j < lp; ++j) sigmoid_pair(2.0f * beta * u[j], plus[j], minus[j]);
+        for (std::int64_t j = 0; j < lp; ++j) {
+            sigmoid_pair(2.0f * beta * u[j], plus[j], minus[j]);
+            plus[j] = plus[j] < floor ? floor : plus[j];
+            minus[j] = minus[j] < floor ? floor : minus[j];
+        }
         // Product of P two-way choices, built plane by plane: after step p, index bits hold planes
         // 0..p with plane 0 the most significant.
         for (int l = 0; l < tables; ++l) {

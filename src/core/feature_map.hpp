@@ -7,6 +7,12 @@
 
 namespace racesp::core {
 
+// Each two-way probability sigma(+-2 beta u_p) is kept at or above this floor, e^{-87/P}, so that
+// phi(q) . phi(k) for the best-matching bucket never underflows float32 (beta >~ 20 otherwise gives
+// 0/0 under the kernel normalization). The floor only acts when 2 beta |u_p| > 87/P; the backward
+// differentiates the unclamped map, whose slope there is below the floor times 2 beta.
+float min_bit_probability(int planes);
+
 // Feature map of one vector x (length dim) over all tables: phi has tables * 2^planes entries
 // (table-major), u has tables * planes entries and is kept for the backward.
 void feature_map(const float* planes_of_head, int tables, int planes, std::int64_t dim, float beta,

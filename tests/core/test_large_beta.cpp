@@ -31,12 +31,15 @@ TEST(LargeBeta, SingleOpposedTokenReturnsItsValue) {
     }
 }
 
-// Random problems at beta = 20 and 50 against the float64 reference. Tolerance 1e-3: a float32
-// rounding of u moves sigma(2 beta u) by a relative 2 beta * 6e-8 per plane.
+// Random problems at beta = 10 and 20 against the float64 reference. Tolerance 1e-3: a float32
+// rounding of u moves sigma(2 beta u) by a relative 2 beta * 6e-8 per plane. Beyond that
+// (beta = 50 at P = 4) the engine floors each bit probability at e^{-87/P} to stay inside
+// float32's range (feature_map.hpp), so it no longer follows the unfloored float64 reference;
+// there the kernel-bounds test checks that outputs stay finite convex combinations.
 TEST(LargeBeta, MatchesReference) {
     for (auto norm : {Normalization::kernel, Normalization::bucket})
         for (bool causal : {false, true})
-            for (double beta : {20.0, 50.0}) {
+            for (double beta : {10.0, 20.0}) {
                 AttentionConfig config;
                 config.normalization = norm;
                 config.causal = causal;
