@@ -14,7 +14,8 @@ namespace {
 // (1.6e-38) are of no consequence next to the sums they enter.
 inline float fast_exp(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float n = __builtin_roundevenf(x * 1.44269504088896341f);
+    // Round to nearest by adding and removing 1.5 * 2^23 (vectorises, unlike roundevenf).
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;  // x - n ln2, two parts
     float p = 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
@@ -36,14 +37,6 @@ inline float fast_tanh(float x) {
     return x < 0 ? -t : t;
 }
 
-// The two probabilities sigma(y) and sigma(-y) from one exponential, each to full relative precision.
-inline void sigmoid_pair(float y, float& plus, float& minus) {
-    const float e = fast_exp(y < 0 ? y : -y);  // e^{-|y|}
-    const float big = 1.0f / (1.0f + e), small = e * big;
-    plus = y >= 0 ? big : small;
-    minus = y >= 0 ? small : big;
-}
-
 }  // namespace
 
 float min_bit_probability(int planes) {
@@ -54,31 +47,38 @@ float min_bit_probability(int planes) {
 void feature_map_rows(int tables, int planes, float beta, std::int64_t n, float* z_to_u, float* phi) {
     const std::int64_t lp = static_cast<std::int64_t>(tables) * planes, buckets = std::int64_t{1} << planes;
     const float floor = min_bit_probability(planes);
+    // sigma(+-y) for every plane of every row, y = 2 beta u, from one exponential e^{-|y|} each,
+    // so both keep full relative precision.
+    thread_local std::vector<float> plus, minus;
+    plus.resize(static_cast<std::size_t>(n * lp));
+    minus.resize(static_cast<std::size_t>(n * lp));
+    float* sp = plus.data();
+    float* sm = minus.data();
 #pragma omp simd
-    for (std::int64_t i = 0; i < n * lp; ++i) z_to_u[i] = fast_tanh(z_to_u[i]);
-    std::vector<float> plus(static_cast<std::size_t>(lp)), minus(static_cast<std::size_t>(lp));
-    for (std::int64_t i = 0; i < n; ++i) {
-        const float* u = z_to_u + i * lp;
-#pragma omp simd
-        for (std::int64_t j = 0; j < lp; ++j) {
-            sigmoid_pair(2.0f * beta * u[j], plus[j], minus[j]);
-            plus[j] = plus[j] < floor ? floor : plus[j];
-            minus[j] = minus[j] < floor ? floor : minus[j];
-        }
-        // Product of P two-way choices, built plane by plane: after step p, index bits hold planes
-        // 0..p with plane 0 the most significant.
+    for (std::int64_t j = 0; j < n * lp; ++j) {
+        const float u = fast_tanh(z_to_u[j]);
+        z_to_u[j] = u;
+        const float y = 2.0f * beta * u;
+        const float e = fast_exp(y < 0 ? y : -y);
+        const float big = 1.0f / (1.0f + e), small = e * big;
+        const float hi = y >= 0 ? big : small, lo = y >= 0 ? small : big;
+        sp[j] = hi < floor ? floor : hi;
+        sm[j] = lo < floor ? floor : lo;
+    }
+    // Product of P two-way choices, built plane by plane: after step p, index bits hold planes
+    // 0..p with plane 0 the most significant.
+    for (std::int64_t i = 0; i < n; ++i)
         for (int l = 0; l < tables; ++l) {
             float* f = phi + (i * tables + l) * buckets;
+            const float* s1 = sp + i * lp + l * planes;
+            const float* s0 = sm + i * lp + l * planes;
             f[0] = 1.0f;
-            for (int p = 0; p < planes; ++p) {
-                const float s1 = plus[l * planes + p], s0 = minus[l * planes + p];
+            for (int p = 0; p < planes; ++p)
                 for (std::int64_t r = (std::int64_t{1} << p) - 1; r >= 0; --r) {
-                    f[2 * r + 1] = f[r] * s1;
-                    f[2 * r] = f[r] * s0;
+                    f[2 * r + 1] = f[r] * s1[p];
+                    f[2 * r] = f[r] * s0[p];
                 }
-            }
         }
-    }
 }
 
 double feature_map_backward_rows(int tables, int planes, float beta, std::int64_t n, const float* u,
