@@ -7,8 +7,8 @@ namespace racesp::core {
 
 namespace {
 
-constexpr std::int64_t kRows = 6;   // rows of C per tile
-constexpr std::int64_t kWide = 32;  // columns of C per tile: 6 x 32 accumulators fit the vector registers
+constexpr std::int64_t kRows = 8;   // rows of C per tile
+constexpr std::int64_t kWide = 32;  // columns of C per tile: 8 x 32 accumulators fit 16 AVX-512 registers
 constexpr std::int64_t kNarrow = 16;
 
 // One ROWS x COLS tile of C, of which the first `store_cols` columns are written back. Constant
