@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "racesp/config.hpp"
@@ -98,6 +99,20 @@ public:
                     const DeviceTensor& dout, const DeviceState& incoming,
                     const DeviceState& incoming_backward, const DeviceTensor& dq,
                     const DeviceTensor& dk, const DeviceTensor& dv);
+
+    // Whole steps with the collectives as callbacks, computing each segment-total pass once:
+    // `combine_keys` turns the local key totals into the incoming state (Allreduce, or Exscan when
+    // causal), `combine_queries` likewise for the backward (Allreduce, or reverse Exscan). The
+    // per-call methods above recompute the causal segment totals on every call; these reuse them
+    // (causal: key totals once instead of five times, query totals once instead of twice).
+    using StateCollective = std::function<void(DeviceState&)>;
+    void forward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                      const DeviceTensor& o, const StateCollective& combine_keys);
+    // Returns this shard's part of dL/dbeta.
+    double backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                         const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
+                         const DeviceTensor& dv, const StateCollective& combine_keys,
+                         const StateCollective& combine_queries);
 
     // Single-device attention over whole sequences.
     void attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,

@@ -181,6 +181,13 @@ struct Engine::Impl {
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
+    // Set only inside forward_step / backward_step: seg_s already holds the forward start state of
+    // every segment, seg_u the backward one (causal), for the tensors of this step.
+    bool starts_ready = false, u_starts_ready = false;
+    struct ReadyGuard {
+        Impl& m;
+        ~ReadyGuard() { m.starts_ready = m.u_starts_ready = false; }
+    };
     void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
              const float* s_start, long long s_stride, const float* u_start = nullptr, long long u_stride = 0) {
         switch (dtype) {
@@ -201,6 +208,7 @@ struct Engine::Impl {
             state_to_float(incoming.data(), glob_s.data(), seqs * state_size(), stream);
             return {glob_s.data(), 0};
         }
+        if (starts_ready) return {seg_s.data(), state_size()};
         seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * state_size()));
         Tensors t;
         t.k = &k;
@@ -362,10 +370,12 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
     long long u_stride;
     if (m.config.causal) {
         // Backward state at each segment's start: everything from the segment on, plus later shards.
-        m.seg_u.reserve(seqs * d.nseg * m.state_size());
-        m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
-        reverse_inclusive_scan_segments(m.seg_u.data(), incoming_backward.data(), seqs, d.nseg,
-                                        m.state_size(), m.stream);
+        if (!m.u_starts_ready) {
+            m.seg_u.reserve(seqs * d.nseg * m.state_size());
+            m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
+            reverse_inclusive_scan_segments(m.seg_u.data(), incoming_backward.data(), seqs, d.nseg,
+                                            m.state_size(), m.stream);
+        }
         m.glob_u.reserve(seqs * m.state_size());
         state_to_float(incoming_backward.data(), m.glob_u.data(), seqs * m.state_size(), m.stream);
         m.u_end = m.glob_u.data();
@@ -389,24 +399,64 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
     return dbeta;
 }
 
+void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                          const DeviceTensor& o, const StateCollective& combine_keys) {
+    Impl& m = *impl_;
+    Impl::ReadyGuard guard{m};
+    DeviceState s = make_state(k.shape);
+    key_state(k, v, s);  // seg_s: the key totals of every segment
+    combine_keys(s);
+    if (m.config.causal && k.shape.tokens > 0) {
+        const Dims d = m.dims(k.shape, k.dtype);
+        exclusive_scan_segments(m.seg_s.data(), s.data(), k.shape.batch * k.shape.heads, d.nseg, m.state_size(),
+                                m.stream);
+        m.starts_ready = true;
+    }
+    forward(q, k, v, s, o);
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));  // s is freed on return
+}
+
+double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                             const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
+                             const DeviceTensor& dv, const StateCollective& combine_keys,
+                             const StateCollective& combine_queries) {
+    Impl& m = *impl_;
+    Impl::ReadyGuard guard{m};
+    const bool causal = m.config.causal && k.shape.tokens > 0;
+    const Dims d = m.dims(k.shape, k.dtype);
+    const std::int64_t seqs = k.shape.batch * k.shape.heads;
+    DeviceState s = make_state(k.shape);
+    DeviceState u = make_state(k.shape);
+    key_state(k, v, s);
+    combine_keys(s);
+    if (causal) {
+        exclusive_scan_segments(m.seg_s.data(), s.data(), seqs, d.nseg, m.state_size(), m.stream);
+        m.starts_ready = true;
+    }
+    query_state(q, k, v, dout, s, u);  // seg_u: the query totals of every segment
+    combine_queries(u);
+    if (causal) {
+        reverse_inclusive_scan_segments(m.seg_u.data(), u.data(), seqs, d.nseg, m.state_size(), m.stream);
+        m.u_starts_ready = true;
+    }
+    return backward(q, k, v, dout, s, u, dq, dk, dv);
+}
+
 void Engine::attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                                const DeviceTensor& o) {
-    DeviceState s = make_state(k.shape);
-    if (!impl_->config.causal) key_state(k, v, s);
-    forward(q, k, v, s, o);
-    CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // s is freed on return
+    // One process: the sum over other shards is nothing (zeros for the causal scans).
+    const bool causal = impl_->config.causal;
+    cudaStream_t st = impl_->stream;
+    forward_step(q, k, v, o, [&](DeviceState& x) { if (causal) x.zero(st); });
 }
 
 double Engine::attention_backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                                   const DeviceTensor& dout, const DeviceTensor& dq,
                                   const DeviceTensor& dk, const DeviceTensor& dv) {
-    DeviceState s = make_state(k.shape);
-    DeviceState u = make_state(k.shape);
-    if (!impl_->config.causal) {
-        key_state(k, v, s);
-        query_state(q, k, v, dout, s, u);
-    }
-    return backward(q, k, v, dout, s, u, dq, dk, dv);
+    const bool causal = impl_->config.causal;
+    cudaStream_t st = impl_->stream;
+    auto local = [&](DeviceState& x) { if (causal) x.zero(st); };
+    return backward_step(q, k, v, dout, dq, dk, dv, local, local);
 }
 
 }  // namespace racesp::cuda

@@ -156,12 +156,11 @@ StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const Devi
                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o) {
     StepTimes t;
     const double t0 = now();
-    DeviceState s = engine.make_state(k.shape);
-    engine.key_state(k, v, s);
-    if (engine.config().causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
-    else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
-    engine.forward(q, k, v, s, o);
-    CUDA_CHECK(cudaStreamSynchronize(engine.stream()));
+    const bool causal = engine.config().causal;
+    engine.forward_step(q, k, v, o, [&](DeviceState& s) {
+        if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
+        else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
+    });
     t.compute_s = now() - t0 - t.collective_s;
     return t;
 }
@@ -173,15 +172,16 @@ StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm 
     StepTimes t;
     const double t0 = now();
     const bool causal = engine.config().causal;
-    DeviceState s = engine.make_state(k.shape);
-    DeviceState u = engine.make_state(k.shape);
-    engine.key_state(k, v, s);
-    if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
-    else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
-    engine.query_state(q, k, v, dout, s, u);
-    if (causal) timed_collective(t, [&] { sp.reverse_exscan_sum(u.data(), u.size()); });
-    else timed_collective(t, [&] { sp.allreduce_sum(u.data(), u.size()); });
-    const double local = engine.backward(q, k, v, dout, s, u, dq, dk, dv);
+    const double local = engine.backward_step(
+        q, k, v, dout, dq, dk, dv,
+        [&](DeviceState& s) {
+            if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
+            else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
+        },
+        [&](DeviceState& u) {
+            if (causal) timed_collective(t, [&] { sp.reverse_exscan_sum(u.data(), u.size()); });
+            else timed_collective(t, [&] { sp.allreduce_sum(u.data(), u.size()); });
+        });
     const double t1 = now();
     if (MPI_Allreduce(&local, &dbeta, 1, MPI_DOUBLE, MPI_SUM, world) != MPI_SUCCESS)
         throw Error("MPI error in MPI_Allreduce of dbeta");
