@@ -160,14 +160,17 @@ __device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, 
                                    float* sig, int ldSig, float* phi, int ldM, int C, int n, int D,
                                    int L, int P, float beta) {
     const int LP = L * P, R = 1 << P, M = L * R;
+    // Bit probabilities are floored at e^{-87/P} exactly as on the CPU (src/core/feature_map.hpp),
+    // so phi(q) . phi(k) of the best bucket stays inside float32's range at large beta.
+    const float floor = static_cast<float>(exp(-87.0 / P));
     block_gemm<Into::set, TC>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
     for (int e = threadIdx.x; e < C * LP; e += blockDim.x) {
         const int i = e / LP, p = e % LP;
         const float uu = tanhf(u[i * ldLP + p]);
         u[i * ldLP + p] = uu;
         const float y = 2.0f * beta * uu;
-        sig[i * ldSig + 2 * p] = 1.0f / (1.0f + expf(-y));     // bit set
-        sig[i * ldSig + 2 * p + 1] = 1.0f / (1.0f + expf(y));  // bit clear
+        sig[i * ldSig + 2 * p] = fmaxf(1.0f / (1.0f + expf(-y)), floor);     // bit set
+        sig[i * ldSig + 2 * p + 1] = fmaxf(1.0f / (1.0f + expf(y)), floor);  // bit clear
     }
     __syncthreads();
     for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
