@@ -9,12 +9,12 @@ lscpu | grep -E "Model name|^CPU\(s\)|Thread" | tee "$OUT/cpu.txt"
 cmake -S . -B build-cpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DRACESP_CUDA=OFF -DRACESP_TESTS=OFF >"$OUT/cfg.log" 2>&1 || { tail -20 "$OUT/cfg.log"; exit 1; }
 cmake --build build-cpu -j 16 --target racesp >"$OUT/build.log" 2>&1 || { grep error "$OUT/build.log" | head; exit 1; }
 racesp=build-cpu/src/cli/racesp
-for threads in ${THREADS:-1 4 16}; do
-  tokens=1M; [[ $threads == 1 ]] && tokens=256K
+for threads in ${THREADS:-1 16}; do
+  tokens=1M; [[ $threads == 1 ]] && tokens=128K
   OMP_NUM_THREADS=$threads OMP_PROC_BIND=close $racesp bench --tokens $tokens --both --repeats 3 --warmup 1 \
     | sed "s/^{/{\"omp_threads\":$threads,/" | tee -a "$OUT/cpu-threads.jsonl"
 done
 for ranks in ${RANKS:-1 2 4}; do
-  OMP_NUM_THREADS=4 mpirun -np $ranks --bind-to none $racesp bench --tokens-per-rank 1M --both --repeats 2 --warmup 1 \
+  OMP_NUM_THREADS=4 mpirun -np $ranks --bind-to none $racesp bench --tokens-per-rank 1M --both --repeats 1 --warmup 1 \
     | sed "s/^{/{\"omp_threads\":4,/" | tee -a "$OUT/cpu-weak.jsonl"
 done
