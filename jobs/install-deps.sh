@@ -8,7 +8,8 @@ packages=(build-essential cmake ninja-build pkg-config
           libhdf5-openmpi-dev hdf5-tools
           libboost-program-options-dev
           nlohmann-json3-dev
-          libgtest-dev)
+          libgtest-dev
+          libopenblas-dev)  # BLAS for the model (src/model); any CBLAS works
 # A single-machine SLURM for the jobs/ tests.
 slurm_packages=(slurmctld slurmd slurm-client munge libpmix-dev)  # srun --mpi=pmix dlopens pmix2/lib/libpmix.so from libpmix-dev
 if [[ "${1:-}" == "--with-slurm" ]]; then

@@ -20,6 +20,8 @@ const char* const overview =
     "  attention   RACE attention (forward; backward with --backward) on HDF5 q, k, v -> HDF5 o\n"
     "  generate    write random q, k, v (and do) to a new HDF5 file\n"
     "  bench       time forward + backward on synthetic data; one JSON line per configuration\n"
+    "  prep        text files -> a byte-level token file for train\n"
+    "  train       train a RACE transformer on a token file, sequences sharded over the ranks\n"
     "  help        this list; 'racesp help COMMAND' shows one command's options\n"
     "\n"
     "'racesp COMMAND --help' shows a command's options; 'racesp --version' the version.\n";
@@ -28,12 +30,14 @@ const char* const overview =
 std::string choose(const Args& words) {
     if (words.empty()) throw ConfigError("no command given; 'racesp help' lists the commands");
     const std::string& first = words.front();
-    if (first == "attention" || first == "generate" || first == "bench") return first;
+    if (first == "attention" || first == "generate" || first == "bench" || first == "prep" || first == "train")
+        return first;
     if (first == "--version" || first == "version") return "version";
     if (first == "help" || first == "--help" || first == "-h") {
         if (words.size() == 1) return "help";
         const std::string& topic = words[1];
-        if (topic == "attention" || topic == "generate" || topic == "bench") return "help " + topic;
+        if (topic == "attention" || topic == "generate" || topic == "bench" || topic == "prep" || topic == "train")
+            return "help " + topic;
         throw ConfigError("unknown command '" + topic + "'; 'racesp help' lists the commands");
     }
     throw ConfigError("unknown command '" + first + "'; 'racesp help' lists the commands");
@@ -47,11 +51,15 @@ int dispatch(MPI_Comm world, const Args& words) {
     if (action == "attention") return run_attention(world, rest);
     if (action == "generate") return run_generate(world, rest);
     if (action == "bench") return run_bench(world, rest);
+    if (action == "prep") return run_prep(world, rest);
+    if (action == "train") return run_train(world, rest);
     if (action == "version") print_on_root(world, std::string("racesp ") + RACESP_VERSION + "\n");
     else if (action == "help") print_on_root(world, overview);
     else if (action == "help attention") print_on_root(world, attention_help());
     else if (action == "help generate") print_on_root(world, generate_help());
     else if (action == "help bench") print_on_root(world, bench_help());
+    else if (action == "help prep") print_on_root(world, prep_help());
+    else if (action == "help train") print_on_root(world, train_help());
     return 0;
 }
 

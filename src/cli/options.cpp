@@ -73,11 +73,15 @@ void RaceOptions::add_to(po::options_description& options) {
         ("device", po::value<std::string>(&device)->default_value(device)->value_name("DEV"), "cpu | cuda");
 }
 
-void RaceOptions::finish() {
+void RaceOptions::finish(int ranks) {
     config.normalization = parse_normalization(normalization);
     config.seed = seed.value;
     config.validate();
     if (sp_size < 0) throw ConfigError("--sp-size must be at least 1 (or 0 for all ranks), got " + std::to_string(sp_size));
+    if (sp_size == 0) sp_size = ranks;
+    if (ranks % sp_size != 0)
+        throw ConfigError("--sp-size " + std::to_string(sp_size) + " must divide the number of ranks (" +
+                          std::to_string(ranks) + ")");
 }
 
 void DatasetNames::add_to(po::options_description& options) {
@@ -98,7 +102,7 @@ void add_common_options(po::options_description& options) {
 
 namespace {
 
-const char* const commands[] = {"attention", "generate", "bench"};
+const char* const commands[] = {"attention", "generate", "bench", "prep", "train"};
 
 // Options from the INI file, keeping top-level keys and this command's section, skipping the
 // sections of the other commands. Unknown keys are errors: a typo must not pass silently.
