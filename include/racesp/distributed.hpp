@@ -19,6 +19,10 @@ struct TokenRange {
 };
 TokenRange shard_range(std::int64_t tokens, int rank, int ranks);
 
+// Rank and size of a communicator, as plain values.
+int comm_rank(MPI_Comm comm);
+int comm_size(MPI_Comm comm);
+
 // The grid of ranks: groups of `sp_size` consecutive world ranks share one sequence; the
 // groups are data-parallel. The batch entries are split over the data-parallel groups
 // with the same balanced rule as tokens.

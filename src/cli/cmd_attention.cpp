@@ -107,13 +107,9 @@ int run_attention(MPI_Comm world, const Args& args) {
     run_collectively(world, [&] {
         run = parse_options("attention", args, options);
         if (!run) return;
-        a.race.finish();
+        a.race.finish(ranks);
         device = parse_device(a.race.device);
         require_device(device);
-        if (a.race.sp_size == 0) a.race.sp_size = ranks;
-        if (ranks % a.race.sp_size != 0)
-            throw ConfigError("--sp-size " + std::to_string(a.race.sp_size) + " must divide the number of ranks (" +
-                              std::to_string(ranks) + ")");
     });
     if (!run) {
         print_on_root(world, attention_help());

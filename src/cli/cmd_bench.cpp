@@ -96,13 +96,9 @@ int run_bench(MPI_Comm world, const Args& args) {
     run_collectively(world, [&] {
         run = parse_options("bench", args, options);
         if (!run) return;
-        a.race.finish();
+        a.race.finish(ranks);
         device = parse_device(a.race.device);
         require_device(device);
-        if (a.race.sp_size == 0) a.race.sp_size = ranks;
-        if (ranks % a.race.sp_size != 0)
-            throw ConfigError("--sp-size " + std::to_string(a.race.sp_size) + " must divide the number of ranks (" +
-                              std::to_string(ranks) + ")");
         weak = a.tokens_per_rank.value > 0;
         if (weak) a.tokens.value = a.tokens_per_rank.value * a.race.sp_size;
         require_at_least("--tokens", a.tokens.value, 1);

@@ -43,8 +43,9 @@ struct RaceOptions {
     std::string device = "cpu";
 
     void add_to(po::options_description& options);
-    // After parsing: fills config and validates it (ConfigError).
-    void finish();
+    // After parsing: fills config and validates it, and resolves sp_size against the number of
+    // ranks (ConfigError).
+    void finish(int ranks);
 };
 
 // Names of the input tensors: --q-dataset --k-dataset --v-dataset --do-dataset.

@@ -6,8 +6,6 @@
 
 namespace racesp {
 
-namespace {
-
 int comm_rank(MPI_Comm comm) {
     int r = 0;
     MPI_Comm_rank(comm, &r);
@@ -19,8 +17,6 @@ int comm_size(MPI_Comm comm) {
     MPI_Comm_size(comm, &s);
     return s;
 }
-
-}  // namespace
 
 ProcessGrid::ProcessGrid(MPI_Comm world, int sp_size) : world_(world), sp_(MPI_COMM_NULL), dp_(MPI_COMM_NULL) {
     int rank = comm_rank(world);

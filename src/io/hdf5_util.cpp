@@ -144,18 +144,6 @@ Handle memory_selection(const Shape& global, const Slab& slab, std::int64_t nt_b
     return space;
 }
 
-int comm_rank(MPI_Comm comm) {
-    int r = 0;
-    MPI_Comm_rank(comm, &r);
-    return r;
-}
-
-int comm_size(MPI_Comm comm) {
-    int s = 0;
-    MPI_Comm_size(comm, &s);
-    return s;
-}
-
 std::int64_t collective_block_count(MPI_Comm comm, std::int64_t tokens, std::int64_t block) {
     std::int64_t mine = tokens > 0 ? (tokens + block - 1) / block : 0;
     std::int64_t most = 0;

@@ -8,6 +8,7 @@
 #include <exception>
 #include <string>
 
+#include "racesp/distributed.hpp"
 #include "racesp/failure.hpp"
 #include "racesp/io.hpp"
 
@@ -98,10 +99,6 @@ void agreed(MPI_Comm comm, F&& local) {
     }
     check_all(comm, ok, message);
 }
-
-// Rank and size of a communicator.
-int comm_rank(MPI_Comm comm);
-int comm_size(MPI_Comm comm);
 
 // The number of blocks every rank must take part in: the largest over ranks of ceil(nt / block).
 std::int64_t collective_block_count(MPI_Comm comm, std::int64_t tokens, std::int64_t block);

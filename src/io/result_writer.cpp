@@ -32,14 +32,14 @@ std::size_t element_size(ElementType type) {
 void check_output_path(MPI_Comm comm, const std::string& output, const std::vector<std::string>& inputs,
                        bool overwrite) {
     std::string problem;
-    if (detail::comm_rank(comm) == 0) problem = detail::output_problem(output, inputs, overwrite);
+    if (comm_rank(comm) == 0) problem = detail::output_problem(output, inputs, overwrite);
     check_all(comm, problem.empty(), problem);
 }
 
 OutputFile::OutputFile(MPI_Comm comm, const std::string& path, bool overwrite) : comm_(comm), path_(path) {
     detail::init_hdf5();
     std::string problem;
-    if (detail::comm_rank(comm) == 0) {
+    if (comm_rank(comm) == 0) {
         problem = detail::output_problem(path, {}, overwrite);
         if (problem.empty()) problem = detail::create_temporary(path, tmp_path_);
     }
@@ -57,7 +57,7 @@ OutputFile::OutputFile(MPI_Comm comm, const std::string& path, bool overwrite) :
         });
     } catch (...) {
         // The destructor does not run for an object whose constructor threw.
-        if (detail::comm_rank(comm) == 0) {
+        if (comm_rank(comm) == 0) {
             std::error_code ec;
             std::filesystem::remove(tmp_path_, ec);
         }
@@ -156,7 +156,7 @@ void OutputFile::write_planes(const Planes& planes) {
         // Every rank holds the same planes: rank 0 writes them, the others take part with nothing.
         Handle fsel(check(H5Scopy(space), "H5Scopy"), H5Sclose);
         Handle msel(check(H5Scopy(space), "H5Scopy"), H5Sclose);
-        if (detail::comm_rank(comm_) != 0) {
+        if (comm_rank(comm_) != 0) {
             check(H5Sselect_none(fsel), "H5Sselect_none");
             check(H5Sselect_none(msel), "H5Sselect_none");
         }
@@ -218,7 +218,7 @@ void OutputFile::commit() {
     // check_all above returned on every rank only once every rank had closed the file, so the
     // data is complete on disk before the name appears.
     std::string problem;
-    if (detail::comm_rank(comm_) == 0) {
+    if (comm_rank(comm_) == 0) {
         std::error_code ec;
         std::filesystem::rename(tmp_path_, path_, ec);
         if (ec) problem = "cannot rename the finished output to '" + path_ + "': " + ec.message();

@@ -126,7 +126,7 @@ std::int64_t first_nonfinite(const float* p, std::int64_t n) {
 InputFile::InputFile(MPI_Comm comm, const std::string& path) : comm_(comm), path_(path) {
     detail::init_hdf5();
     std::string problem;
-    if (detail::comm_rank(comm) == 0) problem = input_problem(path);
+    if (comm_rank(comm) == 0) problem = input_problem(path);
     check_all(comm, problem.empty(), problem);
     agreed(comm, [&] {
         Handle fapl = detail::mpio_file_access(comm);
