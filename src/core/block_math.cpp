@@ -12,6 +12,14 @@ Geometry::Geometry(const AttentionConfig& c, std::int64_t d)
       beta(static_cast<float>(c.beta)), eps(static_cast<float>(c.eps)), causal(c.causal),
       normalization(c.normalization) {}
 
+State32::State32(std::int64_t features, std::int64_t width)
+    : rows(static_cast<std::size_t>(features * width)), cols(rows.size()), M_(features), W_(width) {}
+
+void State32::assign(const double* state) {
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<float>(state[i]);
+    transpose(M_, W_, rows.data(), W_, cols.data(), M_);
+}
+
 Block::Block(const Geometry& g, std::int64_t capacity, const float* planes_of_head)
     : g_(g), capacity_(capacity), M_(g.features), W_(g.width), D_(g.dim), LP_(g.tables * g.planes),
       planes_(planes_of_head) {
@@ -31,7 +39,6 @@ Block::Block(const Geometry& g, std::int64_t capacity, const float* planes_of_he
     num_ = sized(capacity * W_);
     p_ = sized(capacity * capacity);
     pT_ = sized(capacity * capacity);
-    stateT_ = sized(W_ * M_);
     y_ = sized(capacity * W_);
     gq_ = sized(capacity * M_);
     alpha_ = sized(capacity * M_);
@@ -103,8 +110,8 @@ void Block::readout(const float* S) {
     }
 }
 
-void Block::forward(const float* S, MutRows o) {
-    readout(S);
+void Block::forward(const State32& S, MutRows o) {
+    readout(S.rows.data());
     const bool kernel = g_.normalization == Normalization::kernel;
     for (std::int64_t i = 0; i < n_; ++i) {
         const float* num = &num_[i * W_];
@@ -114,13 +121,14 @@ void Block::forward(const float* S, MutRows o) {
     }
 }
 
-double Block::query_backward(const float* S, Rows G, MutRows dq) {
+double Block::query_backward(const State32& S, Rows G, MutRows dq) {
     query_terms(S, G, true);
     return feature_grad(uq_.data(), phiq_.data(), gq_.data(), dq);
 }
 
-void Block::query_terms(const float* S, Rows G, bool with_gq) {
+void Block::query_terms(const State32& state, Rows G, bool with_gq) {
     const bool kernel = g_.normalization == Normalization::kernel;
+    const float* S = state.rows.data();
     // Y: kernel [a_i, b_i] = [G_i, -G_i.o_i] / den_i; bucket [G_i, 0].
     if (kernel) readout(S);
     for (std::int64_t i = 0; i < n_; ++i) {
@@ -142,8 +150,7 @@ void Block::query_terms(const float* S, Rows G, bool with_gq) {
 
     // gq = Y S^T + tril(Y V1^T) phi(k); the kernel normalization's U terms do not need it.
     with_gq = with_gq || !kernel;
-    if (with_gq) transpose(M_, W_, S, W_, stateT_.data(), M_);
-    if (with_gq) gemm(n_, M_, W_, y_.data(), W_, stateT_.data(), M_, gq_.data(), M_, false);
+    if (with_gq) gemm(n_, M_, W_, y_.data(), W_, state.cols.data(), M_, gq_.data(), M_, false);
     if (with_gq && g_.causal) {
         gemm(n_, n_, W_, y_.data(), W_, v1T_.data(), n_, p_.data(), n_, false);
         mask(true);
@@ -182,10 +189,10 @@ void Block::add_query_total(float* total) {
         for (std::int64_t m = 0; m < M_; ++m) total[m * W_ + D_] += last_[i * M_ + m];
 }
 
-double Block::key_backward(const float* U, MutRows dk, MutRows dv) {
+double Block::key_backward(const State32& state, MutRows dk, MutRows dv) {
+    const float* U = state.rows.data();
     // gk = V1 U^T (+ triu(V1 Yx^T) alpha + revcumsum(last));  dv = phi(k) U_D (+ triu(phi(k) alpha^T) x)
-    transpose(M_, W_, U, W_, stateT_.data(), M_);
-    gemm(n_, M_, W_, v1_.data(), W_, stateT_.data(), M_, gk_.data(), M_, false);
+    gemm(n_, M_, W_, v1_.data(), W_, state.cols.data(), M_, gk_.data(), M_, false);
     gemm(n_, D_, M_, phik_.data(), M_, U, W_, dv.base, dv.stride, false);
     if (g_.causal) {
         // p_[i, j] = x_i . v_j, transposed to [j, i] and kept for i >= j.

@@ -41,6 +41,17 @@ struct MutRows {
     float* row(std::int64_t i) const { return base + i * stride; }
 };
 
+// A float32 copy of one M x W float64 state in both layouts the products need: rows (M x W) and
+// cols (its transpose, W x M). Made once per state change, not once per block.
+struct State32 {
+    std::vector<float> rows, cols;
+    State32(std::int64_t features, std::int64_t width);
+    void assign(const double* state);
+
+private:
+    std::int64_t M_, W_;
+};
+
 // Scratch for one block, reused from block to block by one thread.
 class Block {
 public:
@@ -56,19 +67,19 @@ public:
     // Adds phi(k)^T V1 (the block's key total) to `total` (M x W, float32).
     void add_key_total(float* total);
 
-    // Outputs o for the loaded queries from the forward state S (M x W) before the block.
-    void forward(const float* S, MutRows o);
+    // Outputs o for the loaded queries from the forward state S before the block.
+    void forward(const State32& S, MutRows o);
 
     // The query side of the backward: gq, and each query's U terms (alpha, x, last); writes dq and
     // returns the queries' dbeta part. S as in forward; G = dL/do rows.
-    double query_backward(const float* S, Rows G, MutRows dq);
+    double query_backward(const State32& S, Rows G, MutRows dq);
     // The same without dq: only what the queries' U terms need.
-    void query_terms(const float* S, Rows G, bool with_gq);
+    void query_terms(const State32& S, Rows G, bool with_gq);
     // Adds the loaded queries' U terms to `total` (M x W, float32); needs query_terms first.
     void add_query_total(float* total);
-    // The key side: dk, dv from U (M x W), the backward state after the block; needs
+    // The key side: dk, dv from U, the backward state after the block; needs
     // query_backward first when causal. Returns the keys' dbeta part.
-    double key_backward(const float* U, MutRows dk, MutRows dv);
+    double key_backward(const State32& U, MutRows dk, MutRows dv);
 
 private:
     const float* readout_weights(const float* S);  // X: phi(q), or bucket's phi(q) / (L (A + eps))
@@ -86,7 +97,7 @@ private:
     std::vector<float> phik_, uk_, phikT_, v1_, v1T_;  // keys
     std::vector<float> phiq_, uq_, x_weights_;   // queries, readout weights X
     std::vector<float> den_;                     // bucket: A + eps per query and feature
-    std::vector<float> num_, p_, pT_, stateT_;   // products
+    std::vector<float> num_, p_, pT_;            // products
     std::vector<float> y_, gq_, alpha_, alphaT_, last_, gk_, suffix_;
 };
 

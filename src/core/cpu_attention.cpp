@@ -23,6 +23,7 @@ using core::Block;
 using core::Geometry;
 using core::MutRows;
 using core::Rows;
+using core::State32;
 
 // Pointers to one (batch entry, head) of the local shard; token t's vector starts at t * stride.
 struct Sequence {
@@ -64,9 +65,6 @@ Plan make_plan(const Shape& s, const CpuOptions& options) {
 void widen_add(double* dst, const std::vector<float>& src) {
     for (std::size_t i = 0; i < src.size(); ++i) dst[i] += src[i];
 }
-void narrow_copy(std::vector<float>& dst, const double* src) {
-    for (std::size_t i = 0; i < dst.size(); ++i) dst[i] = static_cast<float>(src[i]);
-}
 
 // ---- passes over one chunk [t0, t1) of one sequence ----
 
@@ -90,25 +88,26 @@ void sweep_blocks(const Geometry& g, const Plan& p, const Sequence& s, std::int6
                   const double* start, Visit&& visit) {
     Block block(g, p.block, s.planes);
     std::vector<double> state(start, start + g.state_size());
-    std::vector<float> state32(g.state_size()), sum(g.state_size());
-    narrow_copy(state32, state.data());
+    std::vector<float> sum(g.state_size());
+    State32 state32(g.features, g.width);
+    state32.assign(state.data());
     for (std::int64_t b0 = t0; b0 < t1; b0 += p.block) {
         const std::int64_t n = std::min(p.block, t1 - b0);
         if (g.causal) block.load_keys(s.rows(s.k, b0), s.rows(s.v, b0), n);  // keys within the block
         block.load_queries(s.rows(s.q, b0), n);
-        visit(block, b0, state32.data());
+        visit(block, b0, state32);
         if (g.causal) {
             std::fill(sum.begin(), sum.end(), 0.0f);
             block.add_key_total(sum.data());
             widen_add(state.data(), sum);
-            narrow_copy(state32, state.data());
+            state32.assign(state.data());
         }
     }
 }
 
 void chunk_forward(const Geometry& g, const Plan& p, const Sequence& s, std::int64_t t0, std::int64_t t1,
                    const double* start) {
-    sweep_blocks(g, p, s, t0, t1, start, [&](Block& block, std::int64_t b0, const float* S) {
+    sweep_blocks(g, p, s, t0, t1, start, [&](Block& block, std::int64_t b0, const State32& S) {
         block.forward(S, s.rows(s.o, b0));
     });
 }
@@ -117,7 +116,7 @@ void chunk_forward(const Geometry& g, const Plan& p, const Sequence& s, std::int
 void chunk_query_total(const Geometry& g, const Plan& p, const Sequence& s, std::int64_t t0, std::int64_t t1,
                        const double* start, double* total) {
     std::vector<float> sum(g.state_size());
-    sweep_blocks(g, p, s, t0, t1, start, [&](Block& block, std::int64_t b0, const float* S) {
+    sweep_blocks(g, p, s, t0, t1, start, [&](Block& block, std::int64_t b0, const State32& S) {
         block.query_terms(S, s.rows(s.dout, b0), false);
         std::fill(sum.begin(), sum.end(), 0.0f);
         block.add_query_total(sum.data());
@@ -133,9 +132,10 @@ double chunk_backward(const Geometry& g, const Plan& p, const Sequence& s, std::
                       const double* S_end_in, const double* U_end_in) {
     const std::int64_t n = g.state_size();
     std::vector<double> S(S_end_in, S_end_in + n), U(U_end_in, U_end_in + n);
-    std::vector<float> S32(n), U32(n), sum(n);
-    narrow_copy(S32, S.data());
-    narrow_copy(U32, U.data());
+    std::vector<float> sum(n);
+    State32 S32(g.features, g.width), U32(g.features, g.width);
+    S32.assign(S.data());
+    U32.assign(U.data());
     Block block(g, p.block, s.planes);
     double dbeta = 0.0;
     const std::int64_t blocks = (t1 - t0 + p.block - 1) / p.block;
@@ -148,15 +148,15 @@ double chunk_backward(const Geometry& g, const Plan& p, const Sequence& s, std::
             std::fill(sum.begin(), sum.end(), 0.0f);
             block.add_key_total(sum.data());
             for (std::int64_t j = 0; j < n; ++j) S[j] -= sum[j];
-            narrow_copy(S32, S.data());
+            S32.assign(S.data());
         }
-        dbeta += block.query_backward(S32.data(), s.rows(s.dout, b0), s.rows(s.dq, b0));
-        dbeta += block.key_backward(U32.data(), s.rows(s.dk, b0), s.rows(s.dv, b0));
+        dbeta += block.query_backward(S32, s.rows(s.dout, b0), s.rows(s.dq, b0));
+        dbeta += block.key_backward(U32, s.rows(s.dk, b0), s.rows(s.dv, b0));
         if (g.causal) {
             std::fill(sum.begin(), sum.end(), 0.0f);
             block.add_query_total(sum.data());
             widen_add(U.data(), sum);
-            narrow_copy(U32, U.data());
+            U32.assign(U.data());
         }
     }
     return dbeta;
