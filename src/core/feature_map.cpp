@@ -84,31 +84,24 @@ void feature_map_rows(int tables, int planes, float beta, std::int64_t n, float*
 double feature_map_backward_rows(int tables, int planes, float beta, std::int64_t n, const float* u,
                                  const float* phi, const float* g, float* dz) {
     const std::int64_t buckets = std::int64_t{1} << planes, lp = static_cast<std::int64_t>(tables) * planes;
-    thread_local std::vector<float> gf;
-    gf.resize(static_cast<std::size_t>(buckets));
-    float* w = gf.data();
     double dbeta = 0.0;
     for (std::int64_t i = 0; i < n; ++i) {
         for (int l = 0; l < tables; ++l) {
             const std::int64_t row = (i * tables + l) * buckets;
             // m0 = sum_r g_r phi_r;  m_p = sum_r g_r phi_r c_{r,p}, with c_{r,p} = +1 when bit
-            // (P-1-p) of r is set, else -1.
+            // (P-1-p) of r is set, else -1. (Short loops: scalar code beats vector reductions here.)
+            float m[10] = {};
             float m0 = 0.0f;
-#pragma omp simd reduction(+ : m0)
             for (std::int64_t r = 0; r < buckets; ++r) {
-                w[r] = g[row + r] * phi[row + r];
-                m0 += w[r];
+                const float gf = g[row + r] * phi[row + r];
+                m0 += gf;
+                for (int p = 0; p < planes; ++p) m[p] += (r >> (planes - 1 - p)) & 1 ? gf : -gf;
             }
             const float* ul = u + i * lp + l * planes;
             float* dzl = dz + i * lp + l * planes;
             for (int p = 0; p < planes; ++p) {
-                const int shift = planes - 1 - p;
-                float mp = 0.0f;
-#pragma omp simd reduction(+ : mp)
-                for (std::int64_t r = 0; r < buckets; ++r)
-                    mp += static_cast<float>(((r >> shift) & 1) * 2 - 1) * w[r];
                 const float t = fast_tanh(beta * ul[p]);  // = 2 sigma(2 beta u) - 1
-                const float common = mp - t * m0;
+                const float common = m[p] - t * m0;
                 dbeta += static_cast<double>(ul[p]) * common;
                 dzl[p] = (1.0f - ul[p] * ul[p]) * beta * common;
             }
