@@ -63,8 +63,8 @@ def race_causal(torch, phq, phk, v, chunk):
     states = torch.einsum("bhncm,bhnce->bhnme", k4, v4)
     before = torch.cumsum(states, dim=2) - states  # exclusive prefix over chunks
     inter = torch.einsum("bhncm,bhnme->bhnce", q4, before)
-    mask = torch.ones(chunk, chunk, dtype=torch.bool, device=phq.device).tril()
-    scores = torch.einsum("bhncm,bhnjm->bhncj", q4, k4).masked_fill(~mask, 0.0)
+    mask = torch.tril(torch.ones(chunk, chunk, dtype=phq.dtype, device=phq.device))  # key j <= query c
+    scores = torch.einsum("bhncm,bhnjm->bhncj", q4, k4) * mask
     intra = torch.einsum("bhncj,bhnje->bhnce", scores, v4)
     total = (inter + intra).permute(0, 2, 3, 1, 4).reshape(b, n * chunk, h, d + 1)[:, :t]
     return total[..., :d] / total[..., d:]
