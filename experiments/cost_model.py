@@ -23,6 +23,8 @@ Fits (least squares):
       value over the files is used. All were measured at one state size (n = 264,192 B: H=4,
       M=64, D=128), so alpha and beta cannot be separated: the fit gives the cost of one
       scan round at that size, c = alpha + n beta, from causal runs: T(p) = t0 + 3 ceil(log2 p) c.
+      Where results/*/collectives.jsonl from `run_study.py collectives --bench cuda` (several state
+      sizes on 1 and p GPUs) exist, alpha and beta are fitted from them instead (fit_gpu_sizes).
   CPU, Open MPI shared memory on this machine (experiments/results/cpu-collectives/, racesp
       bench's collective_alone_s: the step's collectives alone after a barrier, several state
       sizes): at 2 ranks every collective is one exchange, T = t0 + 4 alpha + 3 n beta (the dbeta
@@ -118,9 +120,40 @@ def fit_gpu(results):
                "fit_s": t0 + COLLECTIVES_PER_STEP * rounds(p) * c} for p, d in causal]
     points += [{"ranks": k[0], "causal": False, "collective_s": v["collective_s"], "file": v["_file"]}
                for k, v in sorted(best.items()) if not k[1]]
-    return {"what": "NCCL over NVLink, 1-4 x H200 (racesp_cuda_bench collective_s; smallest over the files; upper bounds)",
-            "files": [Path(f).name for f in files], "state_bytes": sorted(n)[0], "t0_s": t0,
-            "round_s": c, "points": points}
+    fit = {"what": "NCCL over NVLink, 1-4 x H200 (racesp_cuda_bench collective_s; smallest over the files; upper bounds)",
+           "files": [Path(f).name for f in files], "state_bytes": sorted(n)[0], "t0_s": t0,
+           "round_s": c, "points": points}
+    sizes = fit_gpu_sizes(results)
+    if sizes:  # a collectives study over state sizes separates alpha from beta
+        fit.update(sizes)
+        fit["round_s"] = sizes["alpha_s"] + fit["state_bytes"] * sizes["beta_s_per_byte"]
+    return fit
+
+
+def state_bytes(d):
+    return d.get("state_bytes") or d["batch"] * d["heads"] * d["tables"] * 2 ** d["planes"] * (d["dim"] + 1) * 8
+
+
+def fit_gpu_sizes(results):
+    """alpha and beta from `run_study.py collectives --bench cuda` (results/*/collectives.jsonl):
+    causal steps at several state sizes n on p > 1 GPUs, less the 1-GPU time at the same n,
+    fitted to 3 ceil(log2 p) (alpha + n beta). None without two sizes measured on 1 and p GPUs."""
+    lines = [d for d in read_jsonl(sorted(glob.glob(str(results / "*" / "collectives.jsonl"))))
+             if d.get("bench") == "cuda_forward_backward" and d.get("causal")]
+    one = {}
+    for d in lines:
+        if d["ranks"] == 1:
+            one[state_bytes(d)] = min(d["collective_s"], one.get(state_bytes(d), float("inf")))
+    use = [d for d in lines if d["ranks"] > 1 and state_bytes(d) in one]
+    if len({state_bytes(d) for d in use}) < 2:
+        return None
+    rows = [[COLLECTIVES_PER_STEP * rounds(d["ranks"]), COLLECTIVES_PER_STEP * rounds(d["ranks"]) * state_bytes(d)] for d in use]
+    ys = [max(d["collective_s"] - one[state_bytes(d)], 1e-9) for d in use]
+    alpha, beta = least_squares(rows, ys, [1 / y ** 2 for y in ys])
+    return {"alpha_s": alpha, "beta_s_per_byte": beta, "bandwidth_GBps": 1e-9 / beta if beta > 0 else None,
+            "size_points": [{"ranks": d["ranks"], "state_bytes": state_bytes(d), "collective_s": d["collective_s"],
+                             "file": d["_file"]} for d in use],
+            "what_sizes": "alpha, beta from collectives.jsonl (racesp_cuda_bench collective_s over state sizes)"}
 
 
 def fit_cpu(results):
@@ -179,11 +212,14 @@ def markdown(gpu, cpu, step_s):
         c = gpu["round_s"]
         out.append(f"GPU fit ({gpu['what']}): t0 = {fmt_s(gpu['t0_s'])}, one scan round at n = {n:,} B: "
                    f"c = alpha + n beta = {fmt_s(c)}.\n")
+        if "alpha_s" in gpu:
+            out.append(f"GPU alpha = {fmt_s(gpu['alpha_s'])}, beta = {gpu['beta_s_per_byte']:.3g} s/B from "
+                       f"{len(gpu['size_points'])} points over state sizes ({gpu['what_sizes']}); c from them.\n")
         out.append("| p | rounds | bytes/rank/step: RD scan | allgather | ring | latency/step: RD scan | "
                    "allgather (ring) | ring | RD scan / step time |")
         out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for p in RANKS:
-            r = model(p, n, c, 0.0)  # per-message cost c: alpha and beta not separable here
+            r = model(p, n, c, 0.0)  # per-message cost c (the same whether or not alpha, beta are known)
             out.append(f"| {p} | {r['rounds']} | {fmt_bytes(r['bytes_rd_scan'])} | {fmt_bytes(r['bytes_allgather'])} | "
                        f"{fmt_bytes(r['bytes_ring'])} | {fmt_s(r['s_rd_scan'])} | {fmt_s(r['s_allgather_ring'])} | "
                        f"{fmt_s(r['s_ring'])} | {100 * r['s_rd_scan'] / step_s:.2g}% |")
@@ -244,7 +280,8 @@ def main():
     out = Path(args.out) if args.out else results / "cost-model" / "cost_model.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     n = gpu["state_bytes"] if gpu else 264192
-    rows = {"gpu": [model(q, n, gpu["round_s"], 0.0) for q in RANKS] if gpu else None,
+    gpu_ab = (gpu["alpha_s"], gpu["beta_s_per_byte"]) if gpu and "alpha_s" in gpu else (gpu["round_s"] if gpu else 0, 0.0)
+    rows = {"gpu": [model(q, n, *gpu_ab) for q in RANKS] if gpu else None,
             "cpu": [model(q, n, cpu["alpha_s"], cpu["beta_s_per_byte"]) for q in RANKS] if cpu else None}
     out.write_text(json.dumps({"gpu_fit": gpu, "cpu_fit": cpu, "step_s": step_s, "state_bytes": n, "model": rows},
                               indent=1) + "\n")

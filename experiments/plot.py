@@ -51,15 +51,15 @@ def gpu_version(name):
     return "v1"
 
 
-def record(d, path):
+def record(d, path, results):
     """One JSON line -> a flat record with the fields the plots use, or None."""
     if "median_s" not in d and not d.get("oom"):
         return None
-    rel = path.relative_to(RESULTS)
+    rel = path.relative_to(results)
     folder = str(rel.parent) if str(rel.parent) != "." else rel.stem
     if d.get("bench", "").startswith("cuda_"):
         # the committed gpu-*.jsonl in results/ are by kernel version; newer runs by their folder
-        version = gpu_version(path.name) if path.parent == RESULTS else ""
+        version = gpu_version(path.name) if path.parent == results else ""
         method = f"racesp_cuda_bench {version} {d.get('dtype', '')}".replace("  ", " ")
         if d.get("bench") == "cuda_max_tokens":
             method += " (longest fit)"
@@ -97,7 +97,7 @@ def load(results):
             continue
         for line in path.read_text().splitlines():
             if line.startswith("{"):
-                r = record(json.loads(line), path)
+                r = record(json.loads(line), path, results)
                 if r:
                     out.append(r)
     return out
@@ -132,14 +132,18 @@ def finish(fig, handles_axes, title, n):
 
 def plot_seqlen(recs, path, title):
     """One device per line (1 rank), plus the rank counts of seqlen studies."""
-    groups = defaultdict(list)
+    groups, oom = defaultdict(list), {}
     for r in recs:
-        if r["median_s"] and not r["oom"] and r["study"] in ("seqlen", "") and (r["ranks"] == 1 or r["study"] == "seqlen"):
-            groups[series_key(r)].append(r)
+        if r["study"] in ("seqlen", "") and (r["ranks"] == 1 or r["study"] == "seqlen"):
+            if r["oom"]:
+                oom[series_key(r)] = min(r["tokens"], oom.get(series_key(r), r["tokens"]))
+            elif r["median_s"]:
+                groups[series_key(r)].append(r)
     if not groups:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(17, 6))
     for i, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+        name = label(key) + (f", out of memory at {oom[key]:,}" if key in oom else "")
         best = {}
         for r in rs:  # one point per length: the latest measurement
             best[r["tokens"]] = r
@@ -148,7 +152,7 @@ def plot_seqlen(recs, path, title):
         ys = [best[x]["median_s"] for x in xs]
         lo = [y - (best[x]["min_s"] or y) for x, y in zip(xs, ys)]
         hi = [(best[x]["max_s"] or y) - y for x, y in zip(xs, ys)]
-        axes[0].errorbar(xs, ys, yerr=[lo, hi], label=label(key), capsize=3, **st)
+        axes[0].errorbar(xs, ys, yerr=[lo, hi], label=name, capsize=3, **st)
         axes[1].plot(xs, [best[x]["tokens_per_s"] for x in xs], **st)
     for ax, yl in zip(axes, ("forward + backward time (s): median, bars min..max", "tokens / s (median)")):
         ax.set_xscale("log", base=2)
@@ -274,8 +278,8 @@ def plot_cost(results):
         ps = [r["p"] for r in rows[1:]]
         for name, lab in (("s_rd_scan", "recursive-doubling scan"), ("s_allgather_ring", "allgather (ring)"),
                           ("s_allgather_rd", "allgather (recursive doubling)"), ("s_ring", "ring (chain)")):
-            if key == "gpu" and name == "s_allgather_rd":
-                continue  # alpha, beta not separable from the GPU data
+            if key == "gpu" and name == "s_allgather_rd" and "alpha_s" not in fit:
+                continue  # alpha, beta not separable from one state size
             ls = ":" if name == "s_ring" else "-"
             ax.plot(ps, [r[name] + fit["t0_s"] for r in rows[1:]], ls=ls, label=lab + " (model)")
         if key == "gpu":
