@@ -227,7 +227,8 @@ int run_train(MPI_Comm world, const Args& args) {
 
     // The data: every rank opens the file for its own reads.
     std::unique_ptr<io::TokenFile> file;
-    io::TokenStream train_stream, val_stream;
+    io::TokenStream train_stream, val_stream, scored_stream;
+    bool scored = false;  // val_scored present: validation also reports the accuracy there
     std::int64_t windows = 0, val_windows = 0;
     run_collectively(world, [&] {
         file = std::make_unique<io::TokenFile>(a.data);
@@ -246,6 +247,14 @@ int run_train(MPI_Comm world, const Args& args) {
                                  " tokens in 'val_tokens'; one validation window of --seq-len " +
                                  std::to_string(seq_len) + " needs " + std::to_string(seq_len + 1) +
                                  " (or leave out --val-every)");
+            scored = file->contains("val_scored");
+            if (scored) {
+                scored_stream = file->inspect("val_scored");
+                if (scored_stream.length != val_stream.length)
+                    throw InputError("token file '" + a.data + "': 'val_scored' has " +
+                                     std::to_string(scored_stream.length) + " entries, 'val_tokens' " +
+                                     std::to_string(val_stream.length));
+            }
         }
     });
 
@@ -328,9 +337,12 @@ int run_train(MPI_Comm world, const Args& args) {
     std::int64_t rate_steps = 0;
     std::string last_checkpoint;
 
+    // Mean validation loss and, with val_scored, the share of scored tokens predicted exactly.
+    double last_accuracy = NAN;
     auto validation_loss = [&] {
-        double sum = 0;
+        double sum[3] = {0, 0, 0};  // loss, scored tokens right, scored tokens
         model::PassTimes times;
+        std::vector<std::int32_t> predictions, marks(static_cast<std::size_t>(my_tokens.size()));
         for (std::int64_t first = 0; first < val_windows; first += a.batch) {
             const std::int64_t n = std::min(a.batch, val_windows - first);
             // Each data-parallel group takes its share of this batch; a group with none skips
@@ -340,12 +352,25 @@ int run_train(MPI_Comm world, const Args& args) {
             for (std::int64_t i = part.begin; i < part.end; ++i) ws.push_back(first + i);
             if (!ws.empty()) {
                 run_collectively(grid.sp_comm(), [&] { read_shard(*file, val_stream, a.model.vocab, seq_len, ws, my_tokens, shard); });
-                sum += net.run(sp, params, shard, 1.0, nullptr, times);
+                sum[0] += net.run(sp, params, shard, 1.0, nullptr, times, scored ? &predictions : nullptr);
+                for (std::size_t b = 0; scored && b < ws.size(); ++b) {
+                    // The target of local token t is token t + 1 of the window.
+                    run_collectively(grid.sp_comm(), [&] {
+                        file->read(scored_stream, ws[b] * seq_len + my_tokens.begin + 1, my_tokens.size(), marks.data());
+                    });
+                    for (std::int64_t t = 0; t < my_tokens.size(); ++t) {
+                        if (!marks[static_cast<std::size_t>(t)]) continue;
+                        const std::size_t i = b * static_cast<std::size_t>(my_tokens.size()) + static_cast<std::size_t>(t);
+                        sum[1] += predictions[i] == shard.ids[b * static_cast<std::size_t>(my_tokens.size() + 1) + static_cast<std::size_t>(t) + 1];
+                        sum[2] += 1;
+                    }
+                }
             }
         }
-        double total = 0;
-        MPI_Allreduce(&sum, &total, 1, MPI_DOUBLE, MPI_SUM, world);
-        return total / (double(val_windows) * double(seq_len));
+        double total[3] = {0, 0, 0};
+        MPI_Allreduce(sum, total, 3, MPI_DOUBLE, MPI_SUM, world);
+        if (scored) last_accuracy = total[2] > 0 ? total[1] / total[2] : NAN;
+        return total[0] / (double(val_windows) * double(seq_len));
     };
 
     for (step = first_step; step <= a.stop_at; ++step) {
@@ -390,12 +415,16 @@ int run_train(MPI_Comm world, const Args& args) {
         if (a.val_every > 0 && (step % a.val_every == 0 || step == a.stop_at)) {
             last_val = validation_loss();
             line["val_loss"] = last_val;
+            if (scored) line["val_accuracy"] = last_accuracy;
         }
         if (rank == 0 && metrics.is_open()) metrics << line.dump() << "\n" << std::flush;
         if (talk && (step % a.log_every == 0 || step == first_step || step == a.stop_at))
             std::fprintf(stderr, "step %lld/%lld  loss %s%s  lr %.3g  |g| %.3g  %s tokens/s  (compute %.3fs, collective %.3fs)\n",
                          static_cast<long long>(step), static_cast<long long>(a.steps), fixed(loss, 4).c_str(),
-                         line.contains("val_loss") ? ("  val " + fixed(last_val, 4)).c_str() : "", lr, norm,
+                         !line.contains("val_loss") ? ""
+                         : ("  val " + fixed(last_val, 4) +
+                            (scored ? "  val accuracy " + fixed(100 * last_accuracy, 1) + "%" : std::string())).c_str(),
+                         lr, norm,
                          human_count(rate).c_str(), times.compute_s, times.collective_s + reduce_s);
 
         if (a.checkpoint_every > 0 && (step % a.checkpoint_every == 0 || step == a.stop_at)) {
@@ -436,7 +465,9 @@ int run_train(MPI_Comm world, const Args& args) {
     } else {
         summary += "steps " + std::to_string(first_step) + ".." + std::to_string(a.stop_at) + " of " +
                    std::to_string(a.steps) + ", loss " + fixed(first_loss, 4) + " -> " + fixed(last_loss, 4);
-        if (!std::isnan(last_val)) summary += " (val " + fixed(last_val, 4) + ")";
+        if (!std::isnan(last_val))
+            summary += " (val " + fixed(last_val, 4) +
+                       (scored ? ", accuracy " + fixed(100 * last_accuracy, 1) + "%" : std::string()) + ")";
         summary += ", " + std::to_string(ranks) + " rank" + (ranks > 1 ? "s" : "") + " (sp " +
                    std::to_string(a.sp_size) + " x dp " + std::to_string(ranks / a.sp_size) + "), " +
                    human_count(rate_steps > 0 ? rate_sum / double(rate_steps) : tokens_per_step / wall) +

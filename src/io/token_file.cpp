@@ -74,6 +74,9 @@ void write_token_file(const std::string& path, const TokenFileContents& c) {
                         static_cast<std::int64_t>(c.tokens.size()));
     detail::write_array(out.file(), "val_tokens", H5T_STD_U8LE, H5T_NATIVE_UINT8, c.val_tokens.data(),
                         static_cast<std::int64_t>(c.val_tokens.size()));
+    if (!c.val_scored.empty())
+        detail::write_array(out.file(), "val_scored", H5T_STD_U8LE, H5T_NATIVE_UINT8, c.val_scored.data(),
+                            static_cast<std::int64_t>(c.val_scored.size()));
     detail::write_attribute(out.file(), "vocab_size", std::int64_t{256});
     detail::write_attribute(out.file(), "tokens", static_cast<std::int64_t>(c.tokens.size()));
     detail::write_attribute(out.file(), "val_tokens", static_cast<std::int64_t>(c.val_tokens.size()));

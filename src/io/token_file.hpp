@@ -44,9 +44,10 @@ private:
     std::unique_ptr<detail::Handle> file_;
 };
 
-// What racesp prep writes.
+// What racesp prep (and generate --task recall) writes. `val_scored`, when not empty, marks
+// the tokens of val_tokens whose prediction counts for the validation accuracy (1) or not (0).
 struct TokenFileContents {
-    std::vector<std::uint8_t> tokens, val_tokens;
+    std::vector<std::uint8_t> tokens, val_tokens, val_scored;
     std::vector<std::string> sources;
     std::vector<std::int64_t> source_bytes;
     double val_fraction = 0;

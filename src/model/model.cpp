@@ -1,6 +1,7 @@
 // The RACE transformer's forward and backward (model.hpp).
 #include "model.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -108,7 +109,7 @@ struct Model::Cache {
 };
 
 double Model::run(Collectives& sp, const std::vector<float>& params, const ShardTokens& shard, double loss_scale,
-                  std::vector<float>* grad, PassTimes& times) {
+                  std::vector<float>* grad, PassTimes& times, std::vector<std::int32_t>* predictions) {
     const std::int64_t bl = shard.batch, tl = shard.tokens, n = bl * tl;
     const std::int64_t c = config_.width, c4 = 4 * c, vocab = config_.vocab;
     const Shape shape{bl, tl, config_.heads, config_.head_dim()};
@@ -168,6 +169,13 @@ double Model::run(Collectives& sp, const std::vector<float>& params, const Shard
     std::vector<float> inv_f = zeros(n), hf = zeros(n * c), logits = zeros(n * vocab);
     rmsnorm_forward(n, c, x.data(), P + layout_.final_norm, hf.data(), inv_f.data());
     gemm(false, true, n, vocab, c, 1.0f, hf.data(), P + layout_.embedding, 0.0f, logits.data());
+    if (predictions) {
+        predictions->resize(static_cast<std::size_t>(n));
+        for (std::int64_t i = 0; i < n; ++i) {
+            const float* li = logits.data() + i * vocab;
+            (*predictions)[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(std::max_element(li, li + vocab) - li);
+        }
+    }
     const double loss = cross_entropy(n, vocab, logits.data(), targets.data(), loss_scale);
 
     if (grad) {

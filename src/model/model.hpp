@@ -87,8 +87,10 @@ public:
     // With `grad` non-null, also runs the backward of loss_scale * (global sum) and adds this
     // rank's part of the gradient to grad (beta's part as d/d(log beta)). Collective over `sp`
     // (every rank of the group calls it with the same batch size; token counts may differ).
+    // With `predictions` non-null, also gives the most likely next token of every local token
+    // ([batch, tokens]).
     double run(Collectives& sp, const std::vector<float>& params, const ShardTokens& shard, double loss_scale,
-               std::vector<float>* grad, PassTimes& times);
+               std::vector<float>* grad, PassTimes& times, std::vector<std::int32_t>* predictions = nullptr);
 
 private:
     struct Cache;

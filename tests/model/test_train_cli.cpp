@@ -140,6 +140,41 @@ TEST_F(Train, ResumeReproducesTheUninterruptedRun) {
     for (std::size_t i = 0; i < 10; ++i) EXPECT_NEAR(resumed[i], full[30 + i], 1e-5 * full[30 + i]);
 }
 
+TEST_F(Train, RecallTaskFileAndValidationAccuracy) {
+    Result gen = racesp(2, "generate --task recall --output recall.h5 --batch 40 --tokens 32 --pairs 3 --val-batch 4",
+                        dir.path());
+    ASSERT_EQ(gen.code, 0) << gen.output;
+    EXPECT_EQ(dataset_dims(dir / "recall.h5", "tokens"), std::vector<std::uint64_t>{40 * 32 + 1});
+    EXPECT_EQ(dataset_dims(dir / "recall.h5", "val_tokens"), std::vector<std::uint64_t>{4 * 32 + 1});
+    std::vector<float> val = read_floats(dir / "recall.h5", "val_tokens"),
+                       scored = read_floats(dir / "recall.h5", "val_scored");
+    ASSERT_EQ(scored.size(), val.size());
+    for (int s = 0; s < 4; ++s) {
+        const float* seq = val.data() + 32 * s;
+        const float* marks = scored.data() + 32 * s;
+        // Three pair tokens first, each query key's value matches its pair, answers are marked.
+        for (int q = 0; q < 3; ++q) {
+            const int key = int(seq[26 + 2 * q]) - 'A', value = int(seq[27 + 2 * q]) - '0';
+            EXPECT_EQ(marks[27 + 2 * q], 1.0f);
+            EXPECT_EQ(marks[26 + 2 * q], 0.0f);
+            bool found = false;
+            for (int p = 0; p < 3; ++p) found = found || int(seq[p]) == 128 + 10 * key + value;
+            EXPECT_TRUE(found) << "sequence " << s << " query " << q;
+        }
+        EXPECT_EQ(seq[10], float('.'));
+    }
+    // Training reads it with --seq-len = the sequence length and reports the accuracy on the answers.
+    Result run = train(4, "--data recall.h5 --seq-len 32 --steps 2 --val-every 2 --metrics recall.jsonl");
+    ASSERT_EQ(run.code, 0) << run.output;
+    std::ifstream in(dir / "recall.jsonl");
+    std::string line, last;
+    while (std::getline(in, line)) last = line;
+    const double accuracy = nlohmann::json::parse(last).at("val_accuracy").get<double>();
+    EXPECT_GE(accuracy, 0.0);
+    EXPECT_LE(accuracy, 1.0);
+    EXPECT_NE(run.output.find("accuracy"), std::string::npos) << run.output;
+}
+
 TEST_F(Train, WrongTokenType) {
     write_dataset(dir / "floats.h5", "tokens", {1000}, std::vector<double>(1000, 1.0), FileType::float32);
     Result run = racesp(2, "train --data floats.h5 --seq-len 16 --batch 2 --steps 1", dir.path(), 60);
