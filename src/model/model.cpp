@@ -141,6 +141,7 @@ double Model::run(Collectives& sp, const std::vector<float>& params, const Shard
         k.q = zeros(n * c);
         k.k = zeros(n * c);
         k.v = zeros(n * c);
+#pragma omp parallel for schedule(static)
         for (std::int64_t i = 0; i < n; ++i)
             for (std::int64_t j = 0; j < c; ++j) {
                 k.q[static_cast<std::size_t>(i * c + j)] = qkv[static_cast<std::size_t>(i * 3 * c + j)];
@@ -215,6 +216,7 @@ double Model::run(Collectives& sp, const std::vector<float>& params, const Shard
                                                 MutTensor(dv.data(), shape), dbeta);
             collective += st.collective_s;
             G[B.log_beta] += static_cast<float>(dbeta * beta);
+#pragma omp parallel for schedule(static)
             for (std::int64_t i = 0; i < n; ++i)
                 for (std::int64_t j = 0; j < c; ++j) {
                     dqkv[static_cast<std::size_t>(i * 3 * c + j)] = dq[static_cast<std::size_t>(i * c + j)];
