@@ -18,7 +18,7 @@ const char* const overview =
     "\n"
     "commands:\n"
     "  attention   RACE attention (forward; backward with --backward) on HDF5 q, k, v -> HDF5 o\n"
-    "  generate    write random q, k, v (and do) to a new HDF5 file\n"
+    "  generate    write random q, k, v (and do) to a new HDF5 file, or a recall-task token file\n"
     "  bench       time forward + backward on synthetic data; one JSON line per configuration\n"
     "  prep        text files -> a byte-level token file for train\n"
     "  train       train a RACE transformer on a token file, sequences sharded over the ranks\n"
