@@ -36,6 +36,9 @@ std::string name(const Case& c) {
     return s.str();
 }
 
+// GoogleTest prints parameters with this (ctest lists them), instead of their raw bytes.
+void PrintTo(const Case& c, std::ostream* os) { *os << name(c); }
+
 AttentionConfig config_of(const Case& c) {
     AttentionConfig cfg;
     cfg.planes = c.P;
