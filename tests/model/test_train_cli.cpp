@@ -207,6 +207,15 @@ TEST_F(Train, CorruptCheckpoint) {
     expect_error(2, "--steps 4 --resume", "checkpoint 'checkpoints/step-00000002.h5' is not an HDF5 file");
 }
 
+TEST_F(Train, ConfigFileSection) {
+    std::ofstream(dir / "run.ini") << "steps = 3\n[train]\nlayers = 1\nwidth = 8\n[attention]\nbeta = 2\n";
+    Result run = racesp(0, "train --data tokens.h5 --seq-len 16 --batch 2 --config run.ini --metrics m.jsonl --quiet",
+                        dir.path());
+    ASSERT_EQ(run.code, 0) << run.output;
+    EXPECT_NE(run.output.find("steps 1..3 of 3"), std::string::npos) << run.output;
+    EXPECT_EQ(losses(dir / "m.jsonl").size(), 3u);
+}
+
 TEST_F(Train, BadOptions) {
     expect_error(2, "--width 10 --heads 4", "--width 10 must be a multiple of --heads 4");
     expect_error(4, "--sp-size 3", "--sp-size 3 must divide the number of ranks (4)");
