@@ -270,8 +270,10 @@ def run_slurm(args, configs, out_file):
                     "SCALING": "weak" if weak else "strong", "DEVICE": args.device, "RACESP_BIN": args.binary})
         if not args.threads:
             env.pop("OMP_NUM_THREADS", None)  # the sweep script takes --cpus-per-task
+        # SLURM's own log goes next to the results, not into the checkout.
+        log = Path(out_file).parent / "slurm-%A_%a.out"
         cmd = (["sbatch", "--wait", "--parsable", f"--array=0-{n - 1}", f"--ntasks={max(g['ranks'])}",
-                f"--job-name=racesp-{args.study}"] + shlex.split(args.sbatch_args) +
+                f"--job-name=racesp-{args.study}", f"--output={log}"] + shlex.split(args.sbatch_args) +
                [str(ROOT / "jobs" / "scaling-sweep.sbatch")] + cleaned)
         shown = " ".join(f"{k}={shlex.quote(env[k])}" for k in ("RANKS_LIST", "TOKENS_LIST", "SCALING", "DEVICE"))
         print("+ " + shown + " " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
