@@ -8,10 +8,11 @@ What is read (every *.jsonl under experiments/results, recursively) and drawn:
   seqlen    time and tokens/s of one forward + backward against sequence length, log-log, one
             line per method (racesp bench on CPU ranks, racesp_cuda_bench by kernel version,
             the PyTorch RACE program, exact softmax through scaled_dot_product_attention),
-            causal and not, per rank count: results/seqlen-all.png, and per folder
-            results/<folder>/seqlen.png
+            causal and not, per rank count: results/seqlen-gpu.png (GPUs; of the single-point
+            gpu-*.jsonl kernel versions only the newest) and results/seqlen-cpu.png, and per
+            folder results/<folder>/seqlen.png
   memory    peak memory against sequence length (peak_rss_bytes per rank on CPUs,
-            peak_device_bytes on GPUs): results/memory-all.png
+            peak_device_bytes on GPUs): results/memory-gpu.png and results/memory-cpu.png
   scaling   weak-scaling efficiency T(1)/T(p) (lines with a fixed tokens_per_rank) and
             strong-scaling efficiency T(1)/(p T(p)) (a fixed total length) against ranks:
             results/scaling-all.png
@@ -103,6 +104,18 @@ def load(results):
     return out
 
 
+def on_gpu(r):
+    return "NVIDIA" in r["machine"] or r["machine"] == "GPU"
+
+
+def newest_only(recs):
+    """Drop the racesp_cuda_bench records of older kernel versions (gpu-v*.jsonl in results/)."""
+    versions = {gpu_version(Path(r["file"]).name) for r in recs if "/" not in r["file"] and r["file"].startswith("gpu-")}
+    newest = max(versions, default="")
+    return [r for r in recs if not ("/" not in r["file"] and r["file"].startswith("gpu-"))
+            or gpu_version(Path(r["file"]).name) == newest]
+
+
 def series_key(r):
     return (r["machine"], r["method"], r["causal"], r["ranks"], r["heads"], r["dim"])
 
@@ -166,7 +179,7 @@ def plot_seqlen(recs, path, title):
     return path
 
 
-def plot_memory(recs, path):
+def plot_memory(recs, path, where):
     groups = defaultdict(list)
     for r in recs:
         if r["memory"] and not r["oom"] and r["study"] not in ("collectives", "pl"):
@@ -183,7 +196,7 @@ def plot_memory(recs, path):
     ax.set_xlabel("tokens per rank")
     ax.set_ylabel("peak memory per rank (GiB): CPU resident set / GPU device memory in use")
     ax.grid(True, which="both", alpha=0.3)
-    finish(fig, ax, "Peak memory per rank against tokens per rank", len(groups))
+    finish(fig, ax, f"Peak memory per rank against tokens per rank on {where}", len(groups))
     fig.tight_layout(rect=(0, 0, 0.55, 0.95))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -324,13 +337,17 @@ def main():
     wrote = []
     want = lambda k: args.only in (None, k)  # noqa: E731
     if want("seqlen"):
-        wrote.append(plot_seqlen(recs, results / "seqlen-all.png", "Forward + backward against sequence length, every method"))
+        gpu = newest_only([r for r in recs if on_gpu(r)])
+        wrote.append(plot_seqlen(gpu, results / "seqlen-gpu.png", "Forward + backward against sequence length on GPUs"))
+        wrote.append(plot_seqlen([r for r in recs if not on_gpu(r)], results / "seqlen-cpu.png",
+                                 "Forward + backward against sequence length on CPUs"))
         for folder in sorted({r["folder"] for r in recs if "/" not in r["folder"] and (results / r["folder"]).is_dir()}):
             sub = [r for r in recs if r["folder"] == folder]
             if any(r["study"] in ("seqlen", "") for r in sub):
                 wrote.append(plot_seqlen(sub, results / folder / "seqlen.png", folder))
     if want("memory"):
-        wrote.append(plot_memory(recs, results / "memory-all.png"))
+        wrote.append(plot_memory(newest_only([r for r in recs if on_gpu(r)]), results / "memory-gpu.png", "GPUs"))
+        wrote.append(plot_memory([r for r in recs if not on_gpu(r)], results / "memory-cpu.png", "CPUs"))
     if want("scaling"):
         wrote.append(plot_scaling(recs, results / "scaling-all.png"))
     if want("accuracy"):
