@@ -134,26 +134,33 @@ def state_bytes(d):
     return d.get("state_bytes") or d["batch"] * d["heads"] * d["tables"] * 2 ** d["planes"] * (d["dim"] + 1) * 8
 
 
+def gpu_collective_s(d):
+    """The collectives alone after a barrier where the bench measured them, else collective_s."""
+    return d.get("collective_alone_s", d["collective_s"])
+
+
 def fit_gpu_sizes(results):
     """alpha and beta from `run_study.py collectives --bench cuda` (results/*/collectives.jsonl):
     causal steps at several state sizes n on p > 1 GPUs, less the 1-GPU time at the same n,
-    fitted to 3 ceil(log2 p) (alpha + n beta). None without two sizes measured on 1 and p GPUs."""
+    fitted to 3 ceil(log2 p) (alpha + n beta). None without two sizes measured on 1 and p GPUs.
+    Uses collective_alone_s (racesp_cuda_bench from this version on) where present."""
     lines = [d for d in read_jsonl(sorted(glob.glob(str(results / "*" / "collectives.jsonl"))))
              if d.get("bench") == "cuda_forward_backward" and d.get("causal")]
     one = {}
     for d in lines:
         if d["ranks"] == 1:
-            one[state_bytes(d)] = min(d["collective_s"], one.get(state_bytes(d), float("inf")))
+            one[state_bytes(d)] = min(gpu_collective_s(d), one.get(state_bytes(d), float("inf")))
     use = [d for d in lines if d["ranks"] > 1 and state_bytes(d) in one]
     if len({state_bytes(d) for d in use}) < 2:
         return None
     rows = [[COLLECTIVES_PER_STEP * rounds(d["ranks"]), COLLECTIVES_PER_STEP * rounds(d["ranks"]) * state_bytes(d)] for d in use]
-    ys = [max(d["collective_s"] - one[state_bytes(d)], 1e-9) for d in use]
+    ys = [max(gpu_collective_s(d) - one[state_bytes(d)], 1e-9) for d in use]
     alpha, beta = least_squares(rows, ys, [1 / y ** 2 for y in ys])
     return {"alpha_s": alpha, "beta_s_per_byte": beta, "bandwidth_GBps": 1e-9 / beta if beta > 0 else None,
-            "size_points": [{"ranks": d["ranks"], "state_bytes": state_bytes(d), "collective_s": d["collective_s"],
+            "size_points": [{"ranks": d["ranks"], "state_bytes": state_bytes(d), "collective_s": gpu_collective_s(d),
                              "file": d["_file"]} for d in use],
-            "what_sizes": "alpha, beta from collectives.jsonl (racesp_cuda_bench collective_s over state sizes)"}
+            "what_sizes": "alpha, beta from collectives.jsonl (racesp_cuda_bench collective_alone_s, else "
+                          "collective_s, over state sizes)"}
 
 
 def fit_cpu(results):

@@ -3,6 +3,9 @@
 // Median over --runs timed runs after --warmup untimed ones, timed with CUDA events; tokens/s
 // counts every token of the sequence; peak device memory from cudaMemGetInfo after the runs.
 // --max-tokens searches the longest sequence (per rank) for which one forward + backward fits.
+// collective_alone_s is the step's collectives alone, on state-sized device buffers after a
+// barrier (as in racesp bench): their cost without the waiting for slower ranks that
+// collective_s includes; it feeds experiments/cost_model.py.
 #include <cuda_runtime.h>
 #include <mpi.h>
 
@@ -63,9 +66,36 @@ struct Buffers {
 };
 
 struct Timing {
-    double median_s = 0, min_s = 0, max_s = 0, forward_s = 0, collective_s = 0;
+    double median_s = 0, min_s = 0, max_s = 0, forward_s = 0, collective_s = 0, collective_alone_s = 0;
     std::size_t used_bytes = 0;
 };
+
+// The collectives of one forward + backward step (S twice and U once: scans when causal,
+// allreduces otherwise), median over `runs`, each after a barrier and timed to the end of the
+// slowest rank's stream.
+double collectives_alone(const Bench& b, Collectives& sp, cudaStream_t stream) {
+    const std::int64_t count = b.batch * b.heads * b.config.features() * (b.dim + 1);
+    DeviceBuffer<double> state(static_cast<std::size_t>(count));
+    CUDA_CHECK(cudaMemsetAsync(state.data(), 0, static_cast<std::size_t>(count) * sizeof(double), stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<double> times;
+    for (int r = 0; r < b.warmup + b.runs; ++r) {
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double t0 = MPI_Wtime();
+        for (int pass = 0; pass < 2; ++pass) {
+            if (b.config.causal) sp.exscan_sum(state.data(), count);
+            else sp.allreduce_sum(state.data(), count);
+        }
+        if (b.config.causal) sp.reverse_exscan_sum(state.data(), count);
+        else sp.allreduce_sum(state.data(), count);
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        double t = MPI_Wtime() - t0, tmax = 0;
+        MPI_Allreduce(&t, &tmax, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        if (r >= b.warmup) times.push_back(tmax);
+    }
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
 
 Timing run_config(const Bench& b, Collectives& sp, std::int64_t local_tokens) {
     Planes planes(b.config, b.heads, b.dim);
@@ -242,6 +272,7 @@ int main(int argc, char** argv) {
                 local_tokens = lo;
             } else {
                 t = run_config(b, *sp, local_tokens);
+                t.collective_alone_s = collectives_alone(b, *sp, coll_stream);
             }
             std::size_t used_max = 0;
             unsigned long long used = t.used_bytes;
@@ -272,6 +303,8 @@ int main(int argc, char** argv) {
                 j["max_s"] = t.max_s;
                 j["forward_s"] = t.forward_s;
                 j["collective_s"] = t.collective_s;
+                if (!max_tokens) j["collective_alone_s"] = t.collective_alone_s;
+                j["state_bytes"] = b.batch * b.heads * b.config.features() * (b.dim + 1) * 8;
                 j["tokens_per_s"] = static_cast<double>(total * b.batch) / t.median_s;
                 j["peak_device_bytes"] = used_max;
                 std::cout << j.dump() << std::endl;
