@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <new>
 #include <string>
 
 namespace racesp {
@@ -29,6 +30,14 @@ void print_line(const std::string& line) {
     print_line("racesp: rank " + std::to_string(world_rank()) + ": error: " + message);
     MPI_Abort(MPI_COMM_WORLD, 1);
     std::_Exit(1);  // MPI_Abort does not return; this is for a broken MPI
+}
+
+// The one line a user sees for an exception; an allocation failure says what it means.
+std::string describe(const std::exception& e) {
+    if (dynamic_cast<const std::bad_alloc*>(&e))
+        return "out of host memory: a buffer could not be allocated (std::bad_alloc); use fewer tokens per rank "
+               "(a shorter sequence, a smaller batch) or more ranks";
+    return e.what();
 }
 
 }  // namespace
@@ -66,7 +75,7 @@ void run_collectively(MPI_Comm comm, const std::function<void()>& local) {
         local();
     } catch (const std::exception& e) {
         ok = false;
-        message = e.what();
+        message = describe(e);
     } catch (...) {
         ok = false;
         message = "unknown exception";
@@ -93,7 +102,7 @@ int run_mpi_main(int argc, char** argv, const std::function<int(MPI_Comm)>& body
         if (world_rank() == 0) print_line(std::string("racesp: error: ") + e.what());
         code = 1;
     } catch (const std::exception& e) {
-        abort_job(e.what());
+        abort_job(describe(e));
     } catch (...) {
         abort_job("unknown exception");
     }
