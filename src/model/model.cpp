@@ -81,8 +81,6 @@ std::vector<float> initial_parameters(const ModelConfig& c, const ParameterLayou
     return p;
 }
 
-namespace {
-
 AttentionConfig attention_config(const ModelConfig& c, int layer) {
     AttentionConfig a;
     a.tables = c.tables;
@@ -92,6 +90,8 @@ AttentionConfig attention_config(const ModelConfig& c, int layer) {
     a.seed = c.seed + 1 + static_cast<std::uint64_t>(layer);
     return a;
 }
+
+namespace {
 
 std::vector<float> zeros(std::int64_t n) { return std::vector<float>(static_cast<std::size_t>(n), 0.0f); }
 

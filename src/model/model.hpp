@@ -66,6 +66,11 @@ private:
 // rank and compiler (the planes' portable normal generator).
 std::vector<float> initial_parameters(const ModelConfig& config, const ParameterLayout& layout);
 
+// The attention of block `layer`: causal RACE, kernel normalization, the model's tables and
+// planes, planes seeded by seed + 1 + layer (beta is set from the block's log_beta at each use).
+// The CPU and the GPU model share it, so both hash with the same planes.
+AttentionConfig attention_config(const ModelConfig& config, int layer);
+
 // Tokens of this rank's shard: `batch` sequences of `tokens` inputs each, stored with one more
 // token per sequence ([batch, tokens + 1]): the target of the last input.
 struct ShardTokens {
@@ -75,6 +80,9 @@ struct ShardTokens {
 
 struct PassTimes {
     double compute_s = 0, collective_s = 0;
+    // Of compute_s + collective_s: the attention layers (engine and their collectives), where a
+    // model measures it (the GPU model; 0 otherwise).
+    double attention_s = 0;
 };
 
 class Model {
