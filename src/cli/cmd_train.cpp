@@ -4,6 +4,8 @@
 // exchange RACE states inside the sequence-parallel group, and the parameter gradients are
 // summed over the whole world, so every rank takes the same optimiser step on the same
 // replicated parameters. Checkpoints are HDF5 files written by rank 0 (checkpoint.hpp).
+// --device picks the trainer (trainer.hpp): the CPU model, or the GPU model with one GPU per rank;
+// everything else here (data, schedule, metrics, checkpoints) is the same for both.
 #include <mpi.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include "checkpoint.hpp"
 #include "commands.hpp"
 #include "data_order.hpp"
+#include "device.hpp"
 #include "metrics.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
@@ -25,8 +28,8 @@
 #include "progress.hpp"
 #include "racesp/errors.hpp"
 #include "racesp/failure.hpp"
-#include "racesp/mpi_collectives.hpp"
 #include "token_file.hpp"
+#include "trainer.hpp"
 
 namespace racesp::cli {
 
@@ -46,6 +49,8 @@ struct TrainArgs {
                  log_every = 10;
     int sp_size = 0;
     bool resume = false, quiet = false;
+    std::string device = "cpu";
+    TrainDevice where;
 };
 
 po::options_description train_options(TrainArgs& a) {
@@ -82,6 +87,13 @@ po::options_description train_options(TrainArgs& a) {
          "seed of the initial parameters, the planes and the data order")
         ("sp-size", po::value<int>(&a.sp_size)->default_value(0, "all ranks")->value_name("N"),
          "ranks per sequence; the other factor is data-parallel")
+        ("device", po::value<std::string>(&a.device)->default_value(a.device)->value_name("DEV"),
+         "cpu | cuda (one GPU per rank: the rank's local index picks it)")
+        ("precision", po::value<std::string>(&a.where.precision)->default_value(a.where.precision)->value_name("P"),
+         "cuda: bf16 (bfloat16 activations and tensor-core products, float32 master weights) | fp32")
+        ("recompute", po::bool_switch(&a.where.recompute),
+         "cuda: recompute each block's forward in the backward: one block's activations in memory instead of "
+         "all, for longer sequences, at about a third more work")
         ("metrics", po::value<std::string>(&a.metrics)->value_name("FILE"),
          "JSON lines, one per step (step, loss, lr, grad_norm, tokens_per_s, ...); appended to with --resume")
         ("checkpoint-dir", po::value<std::string>(&a.checkpoint_dir)->default_value(a.checkpoint_dir)->value_name("DIR"),
@@ -107,7 +119,9 @@ const char* const description =
     "Trains a decoder-only transformer with causal RACE attention on a token file from racesp prep.\n"
     "Under mpirun, each sequence is sharded over --sp-size ranks (each rank reads only its shard of every\n"
     "window); the other factor of the ranks is data-parallel. AdamW with warm-up and cosine decay,\n"
-    "gradient clipping, periodic validation, HDF5 checkpoints with --resume.";
+    "gradient clipping, periodic validation, HDF5 checkpoints with --resume. --device cuda trains on\n"
+    "one GPU per rank (cuBLAS, bf16 activations, float32 master weights, NCCL); checkpoints move\n"
+    "between CPU and GPU runs.";
 
 // The model-defining values that a checkpoint must share with this run.
 std::vector<std::pair<std::string, std::int64_t>> model_keys(const ModelConfig& m) {
@@ -122,7 +136,8 @@ nlohmann::json config_json(const TrainArgs& a, int ranks, int sp_size) {
             {"lr", a.opt.lr}, {"warmup", a.opt.warmup}, {"min_lr_ratio", a.opt.min_lr_ratio},
             {"weight_decay", a.opt.weight_decay}, {"clip", a.opt.clip}, {"adam_beta1", a.opt.beta1},
             {"adam_beta2", a.opt.beta2}, {"adam_eps", a.opt.eps}, {"seed", a.seed.value},
-            {"ranks", ranks}, {"sp_size", sp_size}, {"attention", "causal RACE, kernel normalization"}};
+            {"ranks", ranks}, {"sp_size", sp_size}, {"attention", "causal RACE, kernel normalization"},
+            {"device", a.where.describe()}};
 }
 
 // Checkpoints in `dir` by step, oldest first.
@@ -216,6 +231,9 @@ int run_train(MPI_Comm world, const Args& args) {
                               std::to_string(ranks / a.sp_size) + " data-parallel groups; every group needs a sequence");
         if (a.stop_at == 0 || a.stop_at > a.steps) a.stop_at = a.steps;
         a.opt.steps = a.steps;
+        a.where.device = parse_device(a.device);
+        a.where.validate();
+        require_device(a.where.device);  // cuda: the GPU at this rank's local index, or one clear error
     });
     if (!run) {
         print_on_root(world, train_help());
@@ -259,14 +277,21 @@ int run_train(MPI_Comm world, const Args& args) {
     });
 
     ProcessGrid grid(world, a.sp_size);
-    MpiCollectives sp(grid.sp_comm());
     const TokenRange my_tokens = grid.tokens(seq_len);
     const TokenRange my_batch = grid.batch(a.batch);
-    model::Model net(a.model);
-    const model::ParameterLayout& layout = net.layout();
+    std::unique_ptr<model::Trainer> trainer = make_trainer(a.where, a.model, a.opt, world, grid.sp_comm());
+    const model::ParameterLayout& layout = trainer->layout();
+    // Host copies of the parameters and moments: initial values, checkpoints.
     std::vector<float> params = model::initial_parameters(a.model, layout);
-    model::AdamW adam(a.opt, layout);
+    std::vector<float> adam_m(params.size(), 0.0f), adam_v(params.size(), 0.0f);
     std::int64_t step = 0, position = 0;
+    // Room for a step on this rank's shard (GPU memory), or one error naming what does not fit.
+    std::size_t device_bytes = 0;
+    run_collectively(world, [&] { device_bytes = trainer->prepare(my_batch.size(), my_tokens.size()); });
+    if (talk && a.where.device != Device::cpu)
+        std::fprintf(stderr, "racesp: train: %s; rank 0 holds %s of GPU buffers for %lld x %lld tokens\n",
+                     a.where.describe().c_str(), human_bytes(double(device_bytes)).c_str(),
+                     static_cast<long long>(my_batch.size()), static_cast<long long>(my_tokens.size()));
 
     if (a.resume) {
         std::string from;
@@ -295,8 +320,8 @@ int run_train(MPI_Comm world, const Args& args) {
                         std::copy(v.begin(), v.end(), into.begin() + t.offset);
                     };
                     copy("params", params);
-                    copy("adam_m", adam.m());
-                    copy("adam_v", adam.v());
+                    copy("adam_m", adam_m);
+                    copy("adam_v", adam_v);
                 }
                 step = reader.integer("step");
                 position = reader.integer("data_position");
@@ -308,6 +333,7 @@ int run_train(MPI_Comm world, const Args& args) {
                                    static_cast<long long>(step));
         }
     }
+    trainer->set_state(params, adam_m, adam_v);
 
     // Metrics: a fresh file, or appended to when resuming.
     std::ofstream metrics;
@@ -329,8 +355,6 @@ int run_train(MPI_Comm world, const Args& args) {
     const double tokens_per_step = double(a.batch) * double(seq_len);
     const double scale = 1.0 / tokens_per_step;
     model::WindowOrder order(a.seed.value, windows);
-    std::vector<float> grad(params.size());
-    std::vector<double> reduce(params.size() + 1);
     model::ShardTokens shard;
     const std::int64_t first_step = step + 1;
     double first_loss = NAN, last_loss = NAN, last_val = NAN, rate_sum = 0;
@@ -341,7 +365,6 @@ int run_train(MPI_Comm world, const Args& args) {
     double last_accuracy = NAN;
     auto validation_loss = [&] {
         double sum[3] = {0, 0, 0};  // loss, scored tokens right, scored tokens
-        model::PassTimes times;
         std::vector<std::int32_t> predictions, marks(static_cast<std::size_t>(my_tokens.size()));
         for (std::int64_t first = 0; first < val_windows; first += a.batch) {
             const std::int64_t n = std::min(a.batch, val_windows - first);
@@ -352,7 +375,7 @@ int run_train(MPI_Comm world, const Args& args) {
             for (std::int64_t i = part.begin; i < part.end; ++i) ws.push_back(first + i);
             if (!ws.empty()) {
                 run_collectively(grid.sp_comm(), [&] { read_shard(*file, val_stream, a.model.vocab, seq_len, ws, my_tokens, shard); });
-                sum[0] += net.run(sp, params, shard, 1.0, nullptr, times, scored ? &predictions : nullptr);
+                sum[0] += trainer->evaluate(shard, scored ? &predictions : nullptr);
                 for (std::size_t b = 0; scored && b < ws.size(); ++b) {
                     // The target of local token t is token t + 1 of the window.
                     run_collectively(grid.sp_comm(), [&] {
@@ -380,20 +403,11 @@ int run_train(MPI_Comm world, const Args& args) {
         run_collectively(world, [&] { read_shard(*file, train_stream, a.model.vocab, seq_len, ws, my_tokens, shard); });
         position += a.batch;
 
-        std::fill(grad.begin(), grad.end(), 0.0f);
-        model::PassTimes times;
-        const double local_loss = net.run(sp, params, shard, scale, &grad, times);
-
-        // One allreduce for the gradient and the loss, in float64.
-        const double reduce_start = MPI_Wtime();
-        for (std::size_t i = 0; i < grad.size(); ++i) reduce[i] = grad[i];
-        reduce.back() = local_loss;
-        MPI_Allreduce(MPI_IN_PLACE, reduce.data(), static_cast<int>(reduce.size()), MPI_DOUBLE, MPI_SUM, world);
-        const double reduce_s = MPI_Wtime() - reduce_start;
-        for (std::size_t i = 0; i < grad.size(); ++i) grad[i] = static_cast<float>(reduce[i]);
-        const double loss = reduce.back() * scale;
+        // Forward, backward, the gradient and loss summed over the world (float64), AdamW.
+        const model::Trainer::StepResult result = trainer->step(step, shard, scale);
+        const model::PassTimes& times = result.times;
+        const double reduce_s = result.reduce_s, loss = result.loss, norm = result.grad_norm;
         const double lr = model::learning_rate(a.opt, step);
-        const double norm = adam.step(step, params, grad);
         const double step_s = MPI_Wtime() - step_start;
         const double rate = tokens_per_step / step_s;
         if (step > first_step) {  // the first step warms caches
@@ -409,9 +423,8 @@ int run_train(MPI_Comm world, const Args& args) {
                                {"tokens", static_cast<std::int64_t>(tokens_per_step)}, {"tokens_per_s", rate},
                                {"step_s", step_s}, {"compute_s", times.compute_s},
                                {"collective_s", times.collective_s + reduce_s}};
-        std::vector<double> betas;
-        for (const auto& b : layout.blocks) betas.push_back(std::exp(double(params[static_cast<std::size_t>(b.log_beta)])));
-        line["beta"] = betas;
+        if (a.where.device != Device::cpu) line["attention_s"] = times.attention_s;
+        line["beta"] = trainer->betas();
         if (a.val_every > 0 && (step % a.val_every == 0 || step == a.stop_at)) {
             last_val = validation_loss();
             line["val_loss"] = last_val;
@@ -429,6 +442,7 @@ int run_train(MPI_Comm world, const Args& args) {
 
         if (a.checkpoint_every > 0 && (step % a.checkpoint_every == 0 || step == a.stop_at)) {
             const fs::path path = fs::path(a.checkpoint_dir) / checkpoint_name(step);
+            if (rank == 0) trainer->get_state(params, adam_m, adam_v);
             run_collectively(world, [&] {
                 if (rank != 0) return;
                 io::Checkpoint c;
@@ -437,8 +451,8 @@ int run_train(MPI_Comm world, const Args& args) {
                         return std::vector<float>(v.begin() + t.offset, v.begin() + t.offset + t.size);
                     };
                     c.arrays.emplace_back("params/" + t.name, slice(params));
-                    c.arrays.emplace_back("adam_m/" + t.name, slice(adam.m()));
-                    c.arrays.emplace_back("adam_v/" + t.name, slice(adam.v()));
+                    c.arrays.emplace_back("adam_m/" + t.name, slice(adam_m));
+                    c.arrays.emplace_back("adam_v/" + t.name, slice(adam_v));
                 }
                 c.integers = model_keys(a.model);
                 c.integers.emplace_back("step", step);
@@ -470,6 +484,7 @@ int run_train(MPI_Comm world, const Args& args) {
                        (scored ? ", accuracy " + fixed(100 * last_accuracy, 1) + "%" : std::string()) + ")";
         summary += ", " + std::to_string(ranks) + " rank" + (ranks > 1 ? "s" : "") + " (sp " +
                    std::to_string(a.sp_size) + " x dp " + std::to_string(ranks / a.sp_size) + "), " +
+                   (a.where.device == Device::cpu ? std::string() : a.where.describe() + ", ") +
                    human_count(rate_steps > 0 ? rate_sum / double(rate_steps) : tokens_per_step / wall) +
                    " tokens/s, wall " + human_duration(wall);
         if (!last_checkpoint.empty()) summary += " -> " + last_checkpoint;

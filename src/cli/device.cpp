@@ -5,6 +5,7 @@
 
 #include "racesp/errors.hpp"
 #ifdef RACESP_HAVE_CUDA
+#include "cuda_trainer.hpp"
 #include "racesp/cuda_distributed.hpp"
 #endif
 
@@ -61,6 +62,36 @@ StepTimes run_backward(Device device, Collectives& sp, MPI_Comm world, const Att
     }
     require_device(device);
     return {};
+}
+
+void TrainDevice::validate() const {
+    if (precision != "bf16" && precision != "fp32")
+        throw ConfigError("--precision must be 'bf16' or 'fp32', got '" + precision + "'");
+    if (recompute && device != Device::cuda) throw ConfigError("--recompute applies to --device cuda only");
+}
+
+std::string TrainDevice::describe() const {
+    if (device == Device::cpu) return "cpu";
+    std::string text = "cuda " + precision;
+#ifdef RACESP_HAVE_CUDA
+    text += std::string(", ") + model::gpu::cuda_collectives_name();
+#endif
+    if (recompute) text += ", recompute";
+    return text;
+}
+
+std::unique_ptr<model::Trainer> make_trainer(const TrainDevice& where, const model::ModelConfig& model,
+                                             const model::OptimizerConfig& optimizer, MPI_Comm world, MPI_Comm sp) {
+    if (where.device == Device::cpu) return model::make_cpu_trainer(model, optimizer, world, sp);
+#ifdef RACESP_HAVE_CUDA
+    model::gpu::CudaModelOptions options;
+    options.dtype = where.precision == "fp32" ? cuda::DType::f32 : cuda::DType::bf16;
+    options.recompute = where.recompute;
+    return model::gpu::make_cuda_trainer(model, optimizer, options, world, sp);
+#else
+    require_device(where.device);  // the one-line "built without the CUDA backend" error
+    return nullptr;
+#endif
 }
 
 }  // namespace racesp::cli

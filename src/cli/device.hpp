@@ -4,10 +4,13 @@
 
 #include <mpi.h>
 
+#include <memory>
+#include <string>
 #include <string_view>
 
 #include "racesp/collectives.hpp"
 #include "racesp/distributed.hpp"
+#include "trainer.hpp"
 
 namespace racesp::cli {
 
@@ -28,5 +31,22 @@ StepTimes run_forward(Device device, Collectives& sp, const AttentionConfig& con
 StepTimes run_backward(Device device, Collectives& sp, MPI_Comm world, const AttentionConfig& config,
                        const Planes& planes, ConstTensor q, ConstTensor k, ConstTensor v, ConstTensor dout,
                        MutTensor dq, MutTensor dk, MutTensor dv, double& dbeta);
+
+// Where and how `racesp train` runs: --device, and for cuda --precision (bf16 | fp32) and
+// --recompute (activation checkpointing).
+struct TrainDevice {
+    Device device = Device::cpu;
+    std::string precision = "bf16";
+    bool recompute = false;
+    // Throws ConfigError on a bad --precision, or --recompute without --device cuda.
+    void validate() const;
+    // "cpu", or e.g. "cuda bf16, NCCL" (with ", recompute").
+    std::string describe() const;
+};
+
+// The trainer of this rank on `where` (call require_device first). Collective over `world`
+// (the GPU trainer sets up its NCCL communicators); `sp` is this rank's sequence-parallel group.
+std::unique_ptr<model::Trainer> make_trainer(const TrainDevice& where, const model::ModelConfig& model,
+                                             const model::OptimizerConfig& optimizer, MPI_Comm world, MPI_Comm sp);
 
 }  // namespace racesp::cli
