@@ -93,7 +93,8 @@ struct CudaModel::Impl {
     float* x(std::int64_t layer) const { return as<float>(*xs[static_cast<std::size_t>(layer)]); }
 
     // Calls f(buffer, bytes) for every buffer that a shard of bl x tl tokens needs (the backward
-    // too with `backward`); `buffer` is null for block caches that do not exist yet.
+    // too with `backward`); `buffer` is null for residual-stream and block buffers that do not
+    // exist yet (reserve creates them first; estimate only counts).
     template <class F>
     void for_each_buffer(std::int64_t bl, std::int64_t tl, bool backward, F&& f) {
         const std::size_t n = static_cast<std::size_t>(bl * tl), c = static_cast<std::size_t>(config.width);
@@ -101,7 +102,8 @@ struct CudaModel::Impl {
         const std::size_t rows = std::min<std::size_t>(static_cast<std::size_t>(head_rows(config.vocab)),
                                                        (n + cross_entropy_rows - 1) / cross_entropy_rows * cross_entropy_rows);
         for (Bytes* b : {&inputs, &targets, &predictions}) f(b, n * 4);
-        for (auto& x : xs) f(x.get(), n * c * f4);
+        for (std::size_t i = 0; i <= static_cast<std::size_t>(config.layers); ++i)
+            f(i < xs.size() ? xs[i].get() : nullptr, n * c * f4);
         // Forward-only runs need one block's buffers; the backward needs every block's unless
         // they are recomputed.
         const std::size_t blocks = options.recompute || !backward ? 1 : static_cast<std::size_t>(config.layers);
