@@ -148,6 +148,9 @@ std::vector<Case> cases() {
             v.push_back({32, 6, 4, causal, bucket, DType::f32});  // M = 256
             v.push_back({128, 4, 4, causal, bucket, DType::bf16});
             v.push_back({64, 4, 4, causal, bucket, DType::f16});
+            // Head sizes whose rows are not whole 16-byte vectors: the element-wise row path.
+            v.push_back({30, 3, 2, causal, bucket, DType::f32});
+            v.push_back({36, 3, 2, causal, bucket, DType::bf16});
             // Many short segments (float64 scans over segments) and chunks of 8 and 16.
             Case s{64, 4, 4, causal, bucket, DType::f32};
             s.chunk = 8;
