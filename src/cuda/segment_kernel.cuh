@@ -250,27 +250,31 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
                 }
                 __syncthreads();  // Wm final; num free
             }
-            // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
-            gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
-            if (d.causal) gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
-            const bool bwd_nc = pass == Pass::backward && !d.causal;
-            if (bwd_nc) {
-                // Non-causal: U is constant, so the keys' products join this step:
-                // dL/dphi(k_j) = U [v_j, 1] and dv_j = phi(k_j) U[:, :D].
-                gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
-                gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
-            }
-            __syncthreads();  // dphq, p2 (, dphk, num)
-            if (d.causal) block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
-            if (d.bucket) {
-                // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
-                for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
-                    const int i = e / M, m = e % M;
-                    const float hval = rr[i * L.ldM + m] * dphq[i * L.ldM + m];
-                    dphq[i * L.ldM + m] = hval * d.inv_tables;
-                    rr[i * L.ldM + m] = pht[i * L.ldM + m] * hval;
+            // dL/dphi(q) is needed by the backward and, for the A column of U, by bucket query
+            // totals; kernel query totals need only Phi' and Wm (v3 computed it there too).
+            if (pass == Pass::backward || d.bucket) {
+                // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
+                gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
+                if (d.causal) gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
+                const bool bwd_nc = pass == Pass::backward && !d.causal;
+                if (bwd_nc) {
+                    // Non-causal: U is constant, so the keys' products join this step:
+                    // dL/dphi(k_j) = U [v_j, 1] and dv_j = phi(k_j) U[:, :D].
+                    gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
+                    gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
                 }
-                __syncthreads();  // dphq, rr
+                __syncthreads();  // dphq, p2 (, dphk, num)
+                if (d.causal) block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
+                if (d.bucket) {
+                    // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
+                    for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
+                        const int i = e / M, m = e % M;
+                        const float hval = rr[i * L.ldM + m] * dphq[i * L.ldM + m];
+                        dphq[i * L.ldM + m] = hval * d.inv_tables;
+                        rr[i * L.ldM + m] = pht[i * L.ldM + m] * hval;
+                    }
+                    __syncthreads();  // dphq, rr
+                }
             }
         }
 
