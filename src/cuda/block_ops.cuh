@@ -1,6 +1,8 @@
 // Block-wide building blocks of the segment kernels, on float32 tiles in shared memory:
 // a small matrix product, loads and stores of token rows, and the RACE feature map with its
-// backward. Every function is called by all threads of the block and ends with a barrier.
+// backward. Every function is called by all threads of the block; block_gemm, feature_map and
+// the row functions with sync = true end with a barrier, gemm and feature_map_backward do not
+// (the caller closes the step: v4 lets independent parts of a chunk share one barrier).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +10,8 @@
 #include <mma.h>
 
 #include <type_traits>
+
+#include "segment_layout.hpp"
 
 namespace racesp::cuda {
 
@@ -25,22 +29,32 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) { retu
 // B(p,j) = B[p*brs + j*bcs]. Each thread owns a 4x4 micro-tile whose rows and columns are
 // interleaved (i = ti + r*nti, j = tj + c*ntj), so neighbouring threads read neighbouring
 // columns of B and share rows of A (broadcast).
+//
+// v4: `gemm` is the product without the closing barrier, so that independent products (and
+// other steps) of a chunk share one barrier; `wofs` rotates the tensor-core tiles over the warps
+// (tile t goes to warp (t + wofs) mod warps), so that two small products issued back to back
+// land on different warps; `mask` (Into::set only) zeroes the entries above the diagonal (j > i)
+// of the result, the causal mask, written by the thread or warp that computed them.
 enum class Into { set, add, sub };
 
 // The same product on tensor cores: one warp per 16x16 output tile, TF32 operands (10-bit
 // mantissa, so used only for bf16/fp16 inputs), float32 accumulation. LA/LB: row- or col-major.
 template <Into mode, class LA, class LB>
 __device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* Cm,
-                          int ldc) {
+                          int ldc, int wofs, bool mask) {
     using namespace nvcuda;
     constexpr bool a_row = std::is_same<LA, wmma::row_major>::value;
     constexpr bool b_row = std::is_same<LB, wmma::row_major>::value;
-    const int warp = threadIdx.x / 32, warps = blockDim.x / 32, tn = n / 16;
+    const int warps = blockDim.x / 32, tn = n / 16;
+    const int warp = (threadIdx.x / 32 + warps - wofs % warps) % warps;  // this warp's first tile
     for (int t = warp; t < (m / 16) * tn; t += warps) {
         const int i0 = (t / tn) * 16, j0 = (t % tn) * 16;
         wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
         if (mode == Into::set) wmma::fill_fragment(acc, 0.0f);
         else wmma::load_matrix_sync(acc, Cm + i0 * ldc + j0, ldc, wmma::mem_row_major);
+        // Unrolled by two (v4): step p+8's shared-memory loads go out before step p's products.
+        // (Explicitly double-buffered fragments spilled: 3 KB of stack in the backward kernel.)
+#pragma unroll 2
         for (int p = 0; p < k; p += 8) {
             wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, LA> a;
             wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, LB> b;
@@ -56,13 +70,20 @@ __device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const fl
             wmma::mma_sync(acc, a, b, acc);
         }
         wmma::store_matrix_sync(Cm + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
+        if (mask && j0 + 15 > i0) {
+            __syncwarp();
+            for (int e = threadIdx.x % 32; e < 256; e += 32) {
+                const int i = i0 + e / 16, j = j0 + e % 16;
+                if (j > i) Cm[i * ldc + j] = 0.0f;
+            }
+            __syncwarp();
+        }
     }
-    __syncthreads();
 }
 
 template <Into mode, bool TC = false>
-__device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
-                           int brs, int bcs, float* Cm, int ldc) {
+__device__ void gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B, int brs, int bcs,
+                     float* Cm, int ldc, int wofs = 0, bool mask = false) {
     if constexpr (TC) {
         // Tensor cores when the shape and the layouts allow (else the SIMT loop below).
         using namespace nvcuda;
@@ -70,10 +91,10 @@ __device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs
         const int lda = a_row ? ars : acs, ldb = b_row ? brs : bcs;
         if (m % 16 == 0 && n % 16 == 0 && k % 8 == 0 && ldc % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 &&
             (a_row || ars == 1) && (b_row || brs == 1)) {
-            if (a_row && b_row) wmma_gemm<mode, wmma::row_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
-            else if (a_row) wmma_gemm<mode, wmma::row_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
-            else if (b_row) wmma_gemm<mode, wmma::col_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
-            else wmma_gemm<mode, wmma::col_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc);
+            if (a_row && b_row) wmma_gemm<mode, wmma::row_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else if (a_row) wmma_gemm<mode, wmma::row_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else if (b_row) wmma_gemm<mode, wmma::col_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else wmma_gemm<mode, wmma::col_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
             return;
         }
     }
@@ -110,19 +131,17 @@ __device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs
                 if (j >= n) continue;
                 if (mode == Into::add) Cm[i * ldc + j] += acc[r][c];
                 else if (mode == Into::sub) Cm[i * ldc + j] -= acc[r][c];
-                else Cm[i * ldc + j] = acc[r][c];
+                else Cm[i * ldc + j] = mask && j > i ? 0.0f : acc[r][c];
             }
         }
     }
-    __syncthreads();
 }
 
-// Zeroes entries above the diagonal (j > i) of a C x C tile: token i sees tokens j <= i.
-__device__ inline void mask_causal(float* a, int C, int ld) {
-    for (int e = threadIdx.x; e < C * C; e += blockDim.x) {
-        const int i = e / C, j = e % C;
-        if (j > i) a[i * ld + j] = 0.0f;
-    }
+// The product followed by a barrier.
+template <Into mode, bool TC = false>
+__device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
+                           int brs, int bcs, float* Cm, int ldc) {
+    gemm<mode, TC>(m, n, k, A, ars, acs, B, brs, bcs, Cm, ldc);
     __syncthreads();
 }
 
@@ -130,25 +149,179 @@ __device__ inline void mask_causal(float* a, int C, int ld) {
 // rows n..C-1 become zero. With `ones`, column D is 1 on valid rows ([v, 1]).
 template <class T>
 __device__ void load_rows(float* dst, int ld, const T* src, long long row0, long long row_stride,
-                          int D, int C, int n, bool ones) {
+                          int D, int C, int n, bool ones, bool sync = true) {
     for (int e = threadIdx.x; e < C * D; e += blockDim.x) {
         const int i = e / D, d = e % D;
         dst[i * ld + d] = i < n ? to_float(src[row0 + i * row_stride + d]) : 0.0f;
     }
     if (ones)
         for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
-    __syncthreads();
+    if (sync) __syncthreads();
 }
 
 // dst rows t0..t0+n-1 = src (scaled per row by inv[i] when inv != nullptr, stride inv_ld).
 template <class T>
 __device__ void store_rows(T* dst, long long row0, long long row_stride, const float* src, int ld,
-                           int D, int n) {
+                           int D, int n, bool sync = true) {
     for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
         const int i = e / D, d = e % D;
         dst[row0 + i * row_stride + d] = from_float<T>(src[i * ld + d]);
     }
-    __syncthreads();
+    if (sync) __syncthreads();
+}
+
+// ---- v4: token rows as 16-byte vectors, fetched one chunk ahead into registers ----
+//
+// A chunk of C rows x D elements of one head is C * D / EPV vectors of 16 bytes (EPV elements
+// each); thread t owns vectors t, t + blockDim, ... (coalesced: neighbouring threads read
+// neighbouring 16 bytes of a row). `fetch` issues the global loads of the next chunk and returns
+// at once; `put` (next chunk) converts the registers into a float32 tile. So the loads' latency
+// is spent while the block computes the current chunk instead of stalling every thread at each
+// load (v1..v3 loaded rows element by element, one dependent global load after another).
+// Used when D is a multiple of EPV, C * D <= kVecChunkElems and every pointer is 16-byte aligned
+// (Dims::vec); otherwise load_rows / store_rows above.
+constexpr int kVecChunkElems = 4096;
+
+template <class T>
+struct VecTraits {
+    static constexpr int EPV = 16 / static_cast<int>(sizeof(T));          // elements per vector
+    static constexpr int NV = kVecChunkElems / EPV / kBlockThreads;       // vectors per thread
+};
+
+template <class T> __device__ __forceinline__ void unpack16(const uint4& x, float* f);
+template <> __device__ __forceinline__ void unpack16<float>(const uint4& x, float* f) {
+    f[0] = __uint_as_float(x.x);
+    f[1] = __uint_as_float(x.y);
+    f[2] = __uint_as_float(x.z);
+    f[3] = __uint_as_float(x.w);
+}
+template <> __device__ __forceinline__ void unpack16<__nv_bfloat16>(const uint4& x, float* f) {
+    const unsigned w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        f[2 * j] = __uint_as_float(w[j] << 16);              // low half: the earlier element
+        f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+    }
+}
+template <> __device__ __forceinline__ void unpack16<__half>(const uint4& x, float* f) {
+    const unsigned w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        __half2 h;
+        memcpy(&h, &w[j], 4);
+        const float2 v = __half22float2(h);
+        f[2 * j] = v.x;
+        f[2 * j + 1] = v.y;
+    }
+}
+
+template <class T> __device__ __forceinline__ uint4 pack16(const float* f);
+template <> __device__ __forceinline__ uint4 pack16<float>(const float* f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+}
+template <> __device__ __forceinline__ uint4 pack16<__nv_bfloat16>(const float* f) {
+    unsigned w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * j], f[2 * j + 1]);  // .x low = f[2j]
+        memcpy(&w[j], &h, 4);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+template <> __device__ __forceinline__ uint4 pack16<__half>(const float* f) {
+    unsigned w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const __half2 h = __floats2half2_rn(f[2 * j], f[2 * j + 1]);
+        memcpy(&w[j], &h, 4);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// EPV floats at p (16-byte aligned when `aligned`) in and out of shared memory.
+template <int N>
+__device__ __forceinline__ void read_floats(const float* p, bool aligned, float* f) {
+    if (aligned) {
+#pragma unroll
+        for (int j = 0; j < N; j += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(p + j);
+            f[j] = v.x, f[j + 1] = v.y, f[j + 2] = v.z, f[j + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) f[j] = p[j];
+    }
+}
+template <int N>
+__device__ __forceinline__ void write_floats(float* p, bool aligned, const float* f) {
+    if (aligned) {
+#pragma unroll
+        for (int j = 0; j < N; j += 4) *reinterpret_cast<float4*>(p + j) = make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) p[j] = f[j];
+    }
+}
+
+template <class T>
+struct RowFetch {
+    static constexpr int EPV = VecTraits<T>::EPV, NV = VecTraits<T>::NV;
+    uint4 r[NV];
+
+    // Global loads of rows row0 .. row0 + n - 1 (n <= C); rows n..C-1 become zeros.
+    __device__ __forceinline__ void fetch(const T* src, long long row0, long long row_stride, int D, int C, int n) {
+        const int vpr = D / EPV, total = C * vpr;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e = threadIdx.x + j * kBlockThreads;
+            uint4 x = make_uint4(0u, 0u, 0u, 0u);
+            if (e < total) {
+                const int i = e / vpr, c = e - i * vpr;
+                if (i < n) x = __ldg(reinterpret_cast<const uint4*>(src + row0 + i * row_stride + c * EPV));
+            }
+            r[j] = x;
+        }
+    }
+    // The fetched rows into dst (C rows, leading dim ld), like load_rows; ends with a barrier.
+    __device__ __forceinline__ void put(float* dst, int ld, int D, int C, int n, bool ones, bool sync = true) const {
+        const int vpr = D / EPV, total = C * vpr;
+        const bool aligned = ld % 4 == 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int e = threadIdx.x + j * kBlockThreads;
+            if (e < total) {
+                const int i = e / vpr, c = e - i * vpr;
+                float f[EPV];
+                unpack16<T>(r[j], f);
+                write_floats<EPV>(dst + i * ld + c * EPV, aligned, f);
+            }
+        }
+        if (ones)
+            for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
+        if (sync) __syncthreads();
+    }
+};
+
+// dst rows row0 .. row0 + n - 1 = src (C rows, leading dim ld), 16 bytes per store; with
+// `divide`, each row is multiplied by 1 / src[i][D] (the kernel normalisation of o).
+template <class T>
+__device__ void store_rows_vec(T* dst, long long row0, long long row_stride, const float* src, int ld, int D,
+                               int n, bool divide, bool sync = true) {
+    constexpr int EPV = VecTraits<T>::EPV;
+    const int vpr = D / EPV, total = n * vpr;
+    const bool aligned = ld % 4 == 0;
+    for (int e = threadIdx.x; e < total; e += blockDim.x) {
+        const int i = e / vpr, c = e - i * vpr;
+        float f[EPV];
+        read_floats<EPV>(src + i * ld + c * EPV, aligned, f);
+        if (divide) {
+            const float inv = 1.0f / src[i * ld + D];
+#pragma unroll
+            for (int j = 0; j < EPV; ++j) f[j] *= inv;
+        }
+        *reinterpret_cast<uint4*>(dst + row0 + i * row_stride + c * EPV) = pack16<T>(f);
+    }
+    if (sync) __syncthreads();
 }
 
 // The feature map of n rows of X (DESIGN.md §1): u = tanh(X Wp^T) into u, then
@@ -189,12 +362,15 @@ __device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, 
 
 // Backward of the feature map (DESIGN.md §2) for n rows: given g = dL/dphi, writes
 // dL/dz into dz (C x LP; zero on padding rows) and returns this thread's part of dL/dbeta.
+// No closing barrier (v4); the C * L (row, table) items start at thread `tofs`, so that the
+// queries' and the keys' backward can run side by side on different threads.
 __device__ inline double feature_map_backward(const float* u, int ldLP, const float* phi,
                                               const float* g, int ldM, float* dz, int C, int n,
-                                              int L, int P, float beta) {
+                                              int L, int P, float beta, int tofs = 0) {
     const int R = 1 << P;
     double dbeta = 0.0;
-    for (int e = threadIdx.x; e < C * L; e += blockDim.x) {
+    const int first = (threadIdx.x + blockDim.x - tofs % blockDim.x) % blockDim.x;
+    for (int e = first; e < C * L; e += blockDim.x) {
         const int i = e / L, l = e % L;
         float* dzl = dz + i * ldLP + l * P;
         if (i >= n) {
@@ -222,7 +398,6 @@ __device__ inline double feature_map_backward(const float* u, int ldLP, const fl
             dzl[p] = (1.0f - ul[p] * ul[p]) * beta * common;
         }
     }
-    __syncthreads();
     return dbeta;
 }
 

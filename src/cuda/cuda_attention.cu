@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -158,9 +160,21 @@ struct Engine::Impl {
     };
     template <class T>
     static T* ptr(const DeviceTensor* t) { return t ? static_cast<T*>(t->data) : nullptr; }
+    // v4 row path (16-byte vectors fetched one chunk ahead) when D, the chunk and every tensor's
+    // address allow; RACESP_CUDA_VEC=0 turns it off (the element-wise path of v3, for comparisons).
+    bool vec_rows = true;
     template <class T>
-    void run_typed(Pass pass, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
+    bool vec_ok(const Dims& d, const Tensors& t) const {
+        if (!vec_rows || d.D % VecTraits<T>::EPV != 0 || d.C * d.D > kVecChunkElems) return false;
+        for (const DeviceTensor* x : {t.q, t.k, t.v, t.dout, t.o, t.dq, t.dk, t.dv})
+            if (x && reinterpret_cast<std::uintptr_t>(x->data) % 16 != 0) return false;
+        return true;
+    }
+    template <class T>
+    void run_typed(Pass pass, const Dims& d0, const Tensors& t, std::int64_t batch, float* seg_out,
                    const float* s_start, long long s_stride, const float* u_start, long long u_stride) {
+        Dims d = d0;
+        d.vec = vec_ok<T>(d, t);
         SegmentArgs<T> a{};
         a.planes = planes.data();
         a.q = ptr<T>(t.q);
@@ -225,6 +239,7 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     Impl& m = *impl_;
     m.config = config;
     m.options = options;
+    if (const char* v = std::getenv("RACESP_CUDA_VEC")) m.vec_rows = std::strcmp(v, "0") != 0;
     m.heads = planes.heads();
     m.dim = planes.dim();
     if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)

@@ -8,6 +8,11 @@
 //
 // Notation: Phi' is phi(Q) (kernel normalisation) or phi(Q) r / L with r = 1 / (A + eps)
 // (bucket); Wm holds per query [G / den, -(G . o) / den] (kernel) or [G, 0] (bucket).
+//
+// v4 (experiments/gpu-notes.md): the token rows of chunk c+1 are loaded as 16-byte vectors into
+// registers while chunk c computes (RowFetch), outputs leave as 16-byte stores, and products that
+// do not depend on each other share one barrier (the keys' and queries' gradient products, the
+// causal mask written by the product itself, the S update beside the chunk's last stores).
 #pragma once
 
 #include <type_traits>
@@ -39,9 +44,24 @@ struct SegmentArgs {
     double* dbeta_part;       // backward: one float64 per block
 };
 
-// State tile (M x W, padded) from/to a contiguous M*W block.
+// State tile (M x W, padded) from/to a contiguous M*W block. The loads go out in batches of 8 per
+// thread before the first store (one global latency per batch, not per element).
 __device__ inline void load_state(float* S, int ldW, const float* src, int M, int W) {
-    for (int e = threadIdx.x; e < M * W; e += blockDim.x) S[(e / W) * ldW + e % W] = src[e];
+    constexpr int batch = 8;
+    const int n = M * W;
+    for (int e0 = threadIdx.x; e0 < n; e0 += batch * blockDim.x) {
+        float x[batch];
+#pragma unroll
+        for (int j = 0; j < batch; ++j) {
+            const int e = e0 + j * blockDim.x;
+            x[j] = e < n ? __ldg(src + e) : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < batch; ++j) {
+            const int e = e0 + j * blockDim.x;
+            if (e < n) S[(e / W) * ldW + e % W] = x[j];
+        }
+    }
     __syncthreads();
 }
 __device__ inline void zero_state(float* S, int ldW, int M, int W) {
@@ -53,8 +73,15 @@ __device__ inline void store_state(float* dst, const float* S, int ldW, int M, i
     __syncthreads();
 }
 
+// Registers (v4): key totals and the forward have layouts that let two blocks share a
+// multiprocessor (95 KB at D=128, M=64, bf16; the causal forward's 129 KB does not), so at most
+// 64 registers a thread; query totals and the backward hold one block (shared memory) and may
+// use up to 128 (no spills with the row-prefetch registers; at 64 they spilled).
+template <Pass pass>
+constexpr int min_blocks() { return pass == Pass::key_state || pass == Pass::forward ? 2 : 1; }
+
 template <class T, Pass pass>
-__global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArgs<T> a) {
+__global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_kernel(const SegmentArgs<T> a) {
     extern __shared__ __align__(128) float smem[];
     constexpr bool TC = !std::is_same<T, float>::value;
     const Dims& d = a.d;
@@ -84,6 +111,7 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
     float* dphq = smem + L.dphq;
     float* dphk = smem + L.dphk;
     float* dz = smem + L.dz;
+    float* dz2 = smem + L.dz2;
     // Phi': phi(Q) itself for the kernel normalisation.
     float* phe = d.bucket ? pht : phq;
 
@@ -91,7 +119,7 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
     for (std::size_t e = threadIdx.x; e < L.total; e += blockDim.x) smem[e] = 0.0f;
     __syncthreads();
     for (int e = threadIdx.x; e < LP * D; e += blockDim.x)
-        Wp[(e / D) * L.ldD + e % D] = a.planes[h * static_cast<long long>(LP) * D + e];
+        Wp[(e / D) * L.ldD + e % D] = __ldg(a.planes + h * static_cast<long long>(LP) * D + e);
     if (pass == Pass::key_state) {
         zero_state(S, L.ldW, M, W);
     } else {
@@ -106,19 +134,69 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
 
     const int seg_begin = seg * d.NS;
     const int seg_end = min(d.T, seg_begin + d.NS);
+    const bool need_keys = pass_needs_keys(d, pass);
+    const bool need_q = pass != Pass::key_state;
+    const bool need_g = pass == Pass::query_state || pass == Pass::backward;
+    const bool vec = d.vec;
+    auto row_of = [&](int t) {
+        return (static_cast<long long>(b) * d.T + t) * row_stride + static_cast<long long>(h) * D;
+    };
+    // v4: the rows of the next chunk are loaded into registers while this chunk computes.
+    RowFetch<T> fk, fv, fq, fg;
+    if (vec && seg_begin < seg_end) {
+        const long long r0 = row_of(seg_begin);
+        const int n0 = min(C, seg_end - seg_begin);
+        if (need_keys) {
+            fk.fetch(a.k, r0, row_stride, D, C, n0);
+            fv.fetch(a.v, r0, row_stride, D, C, n0);
+        }
+        if (need_q) fq.fetch(a.q, r0, row_stride, D, C, n0);
+        if (need_g) fg.fetch(a.dout, r0, row_stride, D, C, n0);
+    }
     for (int t0 = seg_begin; t0 < seg_end; t0 += C) {
         const int n = min(C, seg_end - t0);
-        const long long row0 = (static_cast<long long>(b) * d.T + t0) * row_stride + static_cast<long long>(h) * D;
-        const bool need_keys = pass == Pass::key_state || d.causal || pass == Pass::backward;
+        const long long row0 = row_of(t0);
+        const bool has_next = t0 + C < seg_end;
+        const long long row_next = row_of(has_next ? t0 + C : t0);
+        const int n_next = has_next ? min(C, seg_end - t0 - C) : 0;
 
-        // Features of the chunk's keys and queries, and [V, 1].
-        if (need_keys) {
-            load_rows(X, L.ldD, a.k, row0, row_stride, D, C, n, false);
-            feature_map<TC>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
-            load_rows(V, L.ldW, a.v, row0, row_stride, D, C, n, true);
+        // v4 barriers: each __syncthreads below closes a step whose parts are independent (they
+        // write different tiles and read none of them); the comment at each says what it orders.
+
+        // Rows of the chunk: k into X, [v, 1] into V, dout into Wm as [G, 0]; one barrier.
+        if (need_g) {
+            for (int i = threadIdx.x; i < C; i += blockDim.x) Wm[i * L.ldW + D] = 0.0f;
+            if (vec) {
+                fg.put(Wm, L.ldW, D, C, n, false, false);
+                if (has_next) fg.fetch(a.dout, row_next, row_stride, D, C, n_next);
+            } else {
+                load_rows(Wm, L.ldW, a.dout, row0, row_stride, D, C, n, false, false);
+            }
         }
-        if (pass != Pass::key_state) {
-            load_rows(X, L.ldD, a.q, row0, row_stride, D, C, n, false);
+        if (need_keys) {
+            if (vec) {
+                fk.put(X, L.ldD, D, C, n, false, false);
+                fv.put(V, L.ldW, D, C, n, true, false);
+                if (has_next) {
+                    fk.fetch(a.k, row_next, row_stride, D, C, n_next);
+                    fv.fetch(a.v, row_next, row_stride, D, C, n_next);
+                }
+            } else {
+                load_rows(X, L.ldD, a.k, row0, row_stride, D, C, n, false, false);
+                load_rows(V, L.ldW, a.v, row0, row_stride, D, C, n, true, false);
+            }
+        }
+        if (need_g || need_keys) __syncthreads();  // rows in X, V, Wm
+        if (need_keys)
+            feature_map<TC>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
+
+        if (need_q) {
+            if (vec) {
+                fq.put(X, L.ldD, D, C, n, false);  // X free: the keys' projections are done
+                if (has_next) fq.fetch(a.q, row_next, row_stride, D, C, n_next);
+            } else {
+                load_rows(X, L.ldD, a.q, row0, row_stride, D, C, n, false);
+            }
             feature_map<TC>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
             if (d.bucket) {
                 // r_i[m] = 1 / (A_i[m] + eps), A_i the bucket counts visible to query i.
@@ -131,33 +209,34 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
                         pht[i * L.ldM + m] = phq[i * L.ldM + m] * r * d.inv_tables;
                     }
                 }
-                __syncthreads();
+                __syncthreads();  // rr, pht
             }
-            if (d.causal) {
-                // att[i][j] = Phi'_i . phi(k_j), j <= i
-                block_gemm<Into::set, TC>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC);
-                mask_causal(att, C, L.ldC);
-            }
+            // att[i][j] = Phi'_i . phi(k_j), j <= i (masked as it is written); num = Phi' S.
             const bool need_num = pass == Pass::forward || !d.bucket;
-            if (need_num) {
-                block_gemm<Into::set, TC>(C, Wg, M, phe, L.ldM, 1, S, L.ldW, 1, num, L.ldW);
-                if (d.causal) block_gemm<Into::add, TC>(C, Wg, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
-            }
+            if (d.causal) gemm<Into::set, TC>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC, 0, true);
+            if (need_num) gemm<Into::set, TC>(C, Wg, M, phe, L.ldM, 1, S, L.ldW, 1, num, L.ldW, d.causal ? 4 : 0);
+            if (d.causal || need_num) __syncthreads();  // att, num
+            if (d.causal && need_num) block_gemm<Into::add, TC>(C, Wg, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
         }
 
         if (pass == Pass::forward) {
-            for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
-                const int i = e / D, dd = e % D;
-                const float x = d.bucket ? num[i * L.ldW + dd] : num[i * L.ldW + dd] * (1.0f / num[i * L.ldW + D]);
-                a.o[row0 + i * row_stride + dd] = from_float<T>(x);
+            // o rows beside the causal S update (reads phk, V; S was last read by num above).
+            if (vec) {
+                store_rows_vec(a.o, row0, row_stride, num, L.ldW, D, n, !d.bucket, false);
+            } else {
+                for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
+                    const int i = e / D, dd = e % D;
+                    const float x = d.bucket ? num[i * L.ldW + dd] : num[i * L.ldW + dd] * (1.0f / num[i * L.ldW + D]);
+                    a.o[row0 + i * row_stride + dd] = from_float<T>(x);
+                }
             }
-            __syncthreads();
+            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
+            __syncthreads();  // num read, S moved past the chunk
         }
 
-        if (pass == Pass::query_state || pass == Pass::backward) {
-            load_rows(Wm, L.ldW, a.dout, row0, row_stride, D, C, n, false);
-            for (int i = threadIdx.x; i < C; i += blockDim.x) Wm[i * L.ldW + D] = 0.0f;
-            __syncthreads();
+        if (pass == Pass::key_state) block_gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
+
+        if (need_g) {
             if (!d.bucket) {
                 // One warp per query: den, G . o, then Wm = [G / den, -(G . o) / den].
                 const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
@@ -169,62 +248,79 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
                     for (int dd = lane; dd < D; dd += 32) Wm[i * L.ldW + dd] *= inv;
                     if (lane == 0) Wm[i * L.ldW + D] = -go * inv;
                 }
-                __syncthreads();
+                __syncthreads();  // Wm final; num free
             }
-            // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
-            block_gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
-            if (d.causal) {
-                block_gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC);
-                mask_causal(p2, C, L.ldC);
-                block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
-            }
-            if (d.bucket) {
-                // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
-                for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
-                    const int i = e / M, m = e % M;
-                    const float hval = rr[i * L.ldM + m] * dphq[i * L.ldM + m];
-                    dphq[i * L.ldM + m] = hval * d.inv_tables;
-                    rr[i * L.ldM + m] = pht[i * L.ldM + m] * hval;
+            // dL/dphi(q) is needed by the backward and, for the A column of U, by bucket query
+            // totals; kernel query totals need only Phi' and Wm (v3 computed it there too).
+            if (pass == Pass::backward || d.bucket) {
+                // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
+                gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
+                if (d.causal) gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
+                const bool bwd_nc = pass == Pass::backward && !d.causal;
+                if (bwd_nc) {
+                    // Non-causal: U is constant, so the keys' products join this step:
+                    // dL/dphi(k_j) = U [v_j, 1] and dv_j = phi(k_j) U[:, :D].
+                    gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
+                    gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
                 }
-                __syncthreads();
+                __syncthreads();  // dphq, p2 (, dphk, num)
+                if (d.causal) block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
+                if (d.bucket) {
+                    // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
+                    for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
+                        const int i = e / M, m = e % M;
+                        const float hval = rr[i * L.ldM + m] * dphq[i * L.ldM + m];
+                        dphq[i * L.ldM + m] = hval * d.inv_tables;
+                        rr[i * L.ldM + m] = pht[i * L.ldM + m] * hval;
+                    }
+                    __syncthreads();  // dphq, rr
+                }
             }
         }
 
         if (pass == Pass::query_state) {
-            // U += Phi'^T Wm; bucket: U[:, D] -= sum_i Y_i.
-            block_gemm<Into::add, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+            // U += Phi'^T Wm beside the causal S update (S was last read by dphq above).
+            gemm<Into::add, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
+            __syncthreads();  // U, S
             if (d.bucket) {
+                // bucket: U[:, D] -= sum_i Y_i.
                 for (int m = threadIdx.x; m < M; m += blockDim.x) {
                     float s = 0.0f;
                     for (int i = 0; i < C; ++i) s += rr[i * L.ldM + m];
                     U[m * L.ldW + D] -= s;
                 }
-                __syncthreads();
+                __syncthreads();  // U
             }
         }
 
         if (pass == Pass::backward) {
-            if (d.causal && t0 + C >= seg_end) {
-                // U after the segment's last chunk is the next segment's start state, rounded once
-                // from float64: no subtraction, so rounding left by large early terms stops here.
-                load_state(U, L.ldW, seg + 1 < d.nseg ? a.u_start + bh * d.nseg * a.u_seg_stride + (seg + 1) * a.u_seg_stride
-                                                      : a.u_end + bh * state_size, M, W);
-            } else if (d.causal) {
-                // U after this chunk: the sum over the queries after it.
-                block_gemm<Into::sub, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
-                if (d.bucket) {
-                    for (int m = threadIdx.x; m < M; m += blockDim.x) {
-                        float s = 0.0f;
-                        for (int i = 0; i < C; ++i) s += rr[i * L.ldM + m];
-                        U[m * L.ldW + D] += s;
-                    }
-                    __syncthreads();
-                }
-            }
-            // dL/dphi(k_j) = U(j) [v_j, 1] with U(j) = U_after + the chunk's queries i >= j.
-            block_gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
             if (d.causal) {
-                block_gemm<Into::add, TC>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
+                if (t0 + C >= seg_end) {
+                    // U after the segment's last chunk is the next segment's start state, rounded
+                    // once from float64: no subtraction, so rounding left by large early terms stops here.
+                    load_state(U, L.ldW, seg + 1 < d.nseg ? a.u_start + bh * d.nseg * a.u_seg_stride + (seg + 1) * a.u_seg_stride
+                                                          : a.u_end + bh * state_size, M, W);
+                } else {
+                    // U after this chunk: the sum over the queries after it.
+                    block_gemm<Into::sub, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+                    if (d.bucket) {
+                        for (int m = threadIdx.x; m < M; m += blockDim.x) {
+                            float s = 0.0f;
+                            for (int i = 0; i < C; ++i) s += rr[i * L.ldM + m];
+                            U[m * L.ldW + D] += s;
+                        }
+                        __syncthreads();  // U
+                    }
+                }
+                // dL/dphi(k_j) = U(j) [v_j, 1] with U(j) = U_after + the chunk's queries i >= j;
+                // dv_j = phi(k_j) U(j)[:, :D].
+                gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
+                gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW, 8);
+                __syncthreads();  // dphk, num
+                gemm<Into::add, TC>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
+                gemm<Into::add, TC>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW, 8);
+                __syncthreads();  // dphk, num
                 if (d.bucket) {
                     for (int m = threadIdx.x; m < M; m += blockDim.x) {
                         float s = 0.0f;
@@ -233,25 +329,29 @@ __global__ void __launch_bounds__(kBlockThreads) segment_kernel(const SegmentArg
                             dphk[j * L.ldM + m] -= s;
                         }
                     }
-                    __syncthreads();
+                    __syncthreads();  // dphk
                 }
             }
-            // dv_j = phi(k_j) U(j)[:, :D]
-            block_gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
-            if (d.causal) block_gemm<Into::add, TC>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW);
-            store_rows(a.dv, row0, row_stride, num, L.ldW, D, n);
-            // dq and dk through the feature map: dz, then dx = dz Wp.
+            // dv out; dL/dz of the queries (dz) and of the keys (dz2) on different threads.
+            if (vec) store_rows_vec(a.dv, row0, row_stride, num, L.ldW, D, n, false, false);
+            else store_rows(a.dv, row0, row_stride, num, L.ldW, D, n, false);
             dbeta += feature_map_backward(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
-            block_gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
-            store_rows(a.dq, row0, row_stride, X, L.ldD, D, n);
-            dbeta += feature_map_backward(uk, L.ldLP, phk, dphk, L.ldM, dz, C, n, d.L, d.P, d.beta);
-            block_gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
-            store_rows(a.dk, row0, row_stride, X, L.ldD, D, n);
+            dbeta += feature_map_backward(uk, L.ldLP, phk, dphk, L.ldM, dz2, C, n, d.L, d.P, d.beta, C * d.L);
+            __syncthreads();  // dz, dz2; num read
+            // dq = dz Wp into X, dk = dz2 Wp into num, beside the causal S update (reads phk, V).
+            gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+            gemm<Into::set, TC>(C, D, LP, dz2, L.ldLP, 1, Wp, L.ldD, 1, num, L.ldW, 8);
+            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 0);
+            __syncthreads();  // X, num, S
+            if (vec) {
+                store_rows_vec(a.dq, row0, row_stride, X, L.ldD, D, n, false, false);
+                store_rows_vec(a.dk, row0, row_stride, num, L.ldW, D, n, false, false);
+            } else {
+                store_rows(a.dq, row0, row_stride, X, L.ldD, D, n, false);
+                store_rows(a.dk, row0, row_stride, num, L.ldW, D, n, false);
+            }
+            __syncthreads();  // X, num read
         }
-
-        // Chunk totals into S (key_state; causal passes move S past the chunk).
-        if (pass == Pass::key_state || d.causal)
-            block_gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
     }
     if (pass == Pass::backward) {
         // Block sum of dL/dbeta in a fixed order (deterministic).

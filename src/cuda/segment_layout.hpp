@@ -16,14 +16,22 @@ struct Dims {
     bool causal, bucket;
     bool tc;  // bf16/fp16 inputs: tile products on tensor cores (TF32), tiles laid out for WMMA
     int Wg;   // columns of the [.., D+1] tiles in products: D+1, rounded up to 16 with tc (zero pad)
+    bool vec; // token rows move as 16-byte vectors, fetched one chunk ahead (block_ops.cuh, v4)
 };
+
+// Whether a pass reads the chunk's keys and values: the key totals, every causal pass (intra-chunk
+// products, S moved past each chunk) and the backward (dk, dv). Non-causal forward and query
+// totals read only q (and dout).
+__host__ __device__ inline bool pass_needs_keys(const Dims& d, Pass pass) {
+    return pass == Pass::key_state || d.causal || pass == Pass::backward;
+}
 
 constexpr int kBlockThreads = 512;
 
 // Offsets in floats into the block's dynamic shared memory; 0 size when a pass does not use it.
 struct Layout {
     int ldD, ldW, ldM, ldC, ldLP, ldSig;
-    std::size_t Wp, S, U, X, V, Wm, uq, uk, sig, phq, phk, pht, r, att, p2, num, dphq, dphk, dz, red;
+    std::size_t Wp, S, U, X, V, Wm, uq, uk, sig, phq, phk, pht, r, att, p2, num, dphq, dphk, dz, dz2, red;
     std::size_t total;  // floats
 };
 
@@ -43,6 +51,7 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     const bool fwd_like = pass != Pass::key_state;
     const bool grad = pass == Pass::query_state || pass == Pass::backward;
     const bool bwd = pass == Pass::backward;
+    const bool keys = pass_needs_keys(d, pass);
     std::size_t at = 0;
     // Each buffer starts on a 64-byte boundary (WMMA tiles need 32; the block-sum area holds doubles).
     auto take = [&](std::size_t floats) {
@@ -55,13 +64,13 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.S = take(std::size_t(d.M) * l.ldW);
     l.U = grad ? take(std::size_t(d.M) * l.ldW) : 0;
     l.X = take(C * l.ldD);
-    l.V = take(C * l.ldW);
+    l.V = keys ? take(C * l.ldW) : 0;
     l.Wm = grad ? take(C * l.ldW) : 0;
     l.uq = fwd_like ? take(C * l.ldLP) : 0;
-    l.uk = take(C * l.ldLP);
+    l.uk = keys ? take(C * l.ldLP) : 0;
     l.sig = take(C * l.ldSig);
     l.phq = fwd_like ? take(C * l.ldM) : 0;
-    l.phk = take(C * l.ldM);
+    l.phk = keys ? take(C * l.ldM) : 0;
     l.pht = fwd_like && d.bucket ? take(C * l.ldM) : 0;
     l.r = fwd_like && d.bucket ? take(C * l.ldM) : 0;
     l.att = fwd_like && d.causal ? take(C * l.ldC) : 0;
@@ -70,6 +79,7 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.dphq = grad ? take(C * l.ldM) : 0;
     l.dphk = bwd ? take(C * l.ldM) : 0;
     l.dz = bwd ? take(C * l.ldLP) : 0;
+    l.dz2 = bwd ? take(C * l.ldLP) : 0;  // the keys' dL/dz beside the queries' (v4)
     l.red = bwd ? take(2 * kBlockThreads) : 0;  // one double per thread for the dbeta block sum
     l.total = at;
     return l;

@@ -131,7 +131,12 @@ TEST_P(CudaVsReference, OutputsAndGradients) {
     EXPECT_LT(rel_error(got.dq, ref.dq), gtol) << "dq";
     EXPECT_LT(rel_error(got.dk, ref.dk), gtol) << "dk";
     EXPECT_LT(rel_error(got.dv, ref.dv), gtol) << "dv";
-    EXPECT_LT(std::abs(got.dbeta - ref.dbeta), gtol * std::max(1.0, std::abs(ref.dbeta))) << "dbeta " << got.dbeta
+    // dbeta sums every token's float32 feature-map backward, largely cancelling (|dbeta| ~ 0.3 from
+    // terms of order 1), and causal keys see U after the in-segment subtraction: D=30 P=3 L=2 causal
+    // kernel fp32 is off by 1.11e-5 (3.7e-5 relative), the same to 4e-16 with the v3 kernels. Held
+    // to 1e-4 like the multi-rank tests (test_cuda_mpi.cpp); outputs and gradients stay at 1e-5.
+    const double btol = c.causal && c.dtype == DType::f32 ? std::max(gtol, 1e-4) : gtol;
+    EXPECT_LT(std::abs(got.dbeta - ref.dbeta), btol * std::max(1.0, std::abs(ref.dbeta))) << "dbeta " << got.dbeta
                                                                                         << " vs " << ref.dbeta;
     std::printf("  %s: o %.2e dq %.2e dk %.2e dv %.2e dbeta %.2e\n", name(c).c_str(), rel_error(got.o, ref.o),
                 rel_error(got.dq, ref.dq), rel_error(got.dk, ref.dk), rel_error(got.dv, ref.dv),
@@ -148,6 +153,9 @@ std::vector<Case> cases() {
             v.push_back({32, 6, 4, causal, bucket, DType::f32});  // M = 256
             v.push_back({128, 4, 4, causal, bucket, DType::bf16});
             v.push_back({64, 4, 4, causal, bucket, DType::f16});
+            // Head sizes whose rows are not whole 16-byte vectors: the element-wise row path.
+            v.push_back({30, 3, 2, causal, bucket, DType::f32});
+            v.push_back({36, 3, 2, causal, bucket, DType::bf16});
             // Many short segments (float64 scans over segments) and chunks of 8 and 16.
             Case s{64, 4, 4, causal, bucket, DType::f32};
             s.chunk = 8;
