@@ -29,6 +29,7 @@ Every line in a plot is labelled with the machine it ran on (GPU name, or CPU mo
 import argparse
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -44,12 +45,9 @@ DPI = 90
 
 
 def gpu_version(name):
-    """Kernel version of the existing racesp_cuda_bench files (gpu-notes.md)."""
-    if "-v3" in name:
-        return "v3"
-    if "-v2" in name:
-        return "v2"
-    return "v1"
+    """Kernel version of the committed racesp_cuda_bench files (gpu-notes.md): "-vN" in the name, else v1."""
+    m = re.search(r"-v(\d+)", name)
+    return f"v{m.group(1)}" if m else "v1"
 
 
 def record(d, path, results):
@@ -111,7 +109,7 @@ def on_gpu(r):
 def newest_only(recs):
     """Drop the racesp_cuda_bench records of older kernel versions (gpu-v*.jsonl in results/)."""
     versions = {gpu_version(Path(r["file"]).name) for r in recs if "/" not in r["file"] and r["file"].startswith("gpu-")}
-    newest = max(versions, default="")
+    newest = max(versions, key=lambda v: int(v[1:]), default="")
     return [r for r in recs if not ("/" not in r["file"] and r["file"].startswith("gpu-"))
             or gpu_version(Path(r["file"]).name) == newest]
 
