@@ -60,6 +60,8 @@ def record(d, path, results):
         # the committed gpu-*.jsonl in results/ are by kernel version; newer runs by their folder
         version = gpu_version(path.name) if path.parent == results else ""
         method = f"racesp_cuda_bench {version} {d.get('dtype', '')}".replace("  ", " ")
+        if d.get("normalization", "kernel") != "kernel":
+            method += f" {d['normalization']} normalization"
         if d.get("bench") == "cuda_max_tokens":
             method += " (longest fit)"
         machine = d.get("gpu", "GPU")
