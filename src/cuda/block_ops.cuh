@@ -3,6 +3,9 @@
 // backward. Every function is called by all threads of the block; block_gemm, feature_map and
 // the row functions with sync = true end with a barrier, gemm and feature_map_backward do not
 // (the caller closes the step: v4 lets independent parts of a chunk share one barrier).
+// v5: loops step by kBlockThreads (every kernel runs with that block size), so that with the
+// compile-time sizes of segment_kernel's Fixed configurations their trip counts are constants;
+// tensor-core operands that were rounded to TF32 when written (RA/RB) skip the per-step rounding.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -39,14 +42,28 @@ enum class Into { set, add, sub };
 
 // The same product on tensor cores: one warp per 16x16 output tile, TF32 operands (10-bit
 // mantissa, so used only for bf16/fp16 inputs), float32 accumulation. LA/LB: row- or col-major.
-template <Into mode, class LA, class LB>
-__device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* Cm,
+// TF32 rounding (round to nearest, ties away, as wmma::__float_to_tf32) of a value that is read
+// only as a tensor-core operand: v5 rounds such tiles once when they are written (PR kernels)
+// instead of at every k-step of every product that reads them; the products see the same bits.
+template <bool round>
+__device__ __forceinline__ float tf32_if(float x) {
+    if constexpr (round) return nvcuda::wmma::__float_to_tf32(x);
+    else return x;
+}
+
+// RA / RB (v5): A / B hold TF32 values already (rounded when written, or bf16/fp16 token rows,
+// which are exact in TF32), so the k-step's conversions are skipped; RC (Into::set only): the
+// result is rounded to TF32 when stored, for a tile read only as a later product's operand.
+template <Into mode, class LA, class LB, bool RA, bool RB, bool RC>
+__device__ __forceinline__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* Cm,
                           int ldc, int wofs, bool mask) {
     using namespace nvcuda;
     constexpr bool a_row = std::is_same<LA, wmma::row_major>::value;
     constexpr bool b_row = std::is_same<LB, wmma::row_major>::value;
-    const int warps = blockDim.x / 32, tn = n / 16;
+    constexpr int warps = kBlockThreads / 32;
+    const int tn = n / 16;
     const int warp = (threadIdx.x / 32 + warps - wofs % warps) % warps;  // this warp's first tile
+#pragma unroll 1
     for (int t = warp; t < (m / 16) * tn; t += warps) {
         const int i0 = (t / tn) * 16, j0 = (t % tn) * 16;
         wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
@@ -62,12 +79,18 @@ __device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const fl
             wmma::load_matrix_sync(b, b_row ? B + p * ldb + j0 : B + j0 * ldb + p, ldb);
 #pragma unroll
             for (int e = 0; e < a.num_elements; ++e) {
-                const float x = wmma::__float_to_tf32(a.x[e]);
+                const float x = RA ? a.x[e] : wmma::__float_to_tf32(a.x[e]);
                 a.x[e] = mode == Into::sub ? -x : x;
             }
+            if constexpr (!RB) {
 #pragma unroll
-            for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+                for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+            }
             wmma::mma_sync(acc, a, b, acc);
+        }
+        if constexpr (RC && mode == Into::set) {
+#pragma unroll
+            for (int e = 0; e < acc.num_elements; ++e) acc.x[e] = wmma::__float_to_tf32(acc.x[e]);
         }
         wmma::store_matrix_sync(Cm + i0 * ldc + j0, acc, ldc, wmma::mem_row_major);
         if (mask && j0 + 15 > i0) {
@@ -81,8 +104,8 @@ __device__ void wmma_gemm(int m, int n, int k, const float* A, int lda, const fl
     }
 }
 
-template <Into mode, bool TC = false>
-__device__ void gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B, int brs, int bcs,
+template <Into mode, bool TC = false, bool RA = false, bool RB = false, bool RC = false>
+__device__ __forceinline__ void gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B, int brs, int bcs,
                      float* Cm, int ldc, int wofs = 0, bool mask = false) {
     if constexpr (TC) {
         // Tensor cores when the shape and the layouts allow (else the SIMT loop below).
@@ -91,15 +114,17 @@ __device__ void gemm(int m, int n, int k, const float* A, int ars, int acs, cons
         const int lda = a_row ? ars : acs, ldb = b_row ? brs : bcs;
         if (m % 16 == 0 && n % 16 == 0 && k % 8 == 0 && ldc % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 &&
             (a_row || ars == 1) && (b_row || brs == 1)) {
-            if (a_row && b_row) wmma_gemm<mode, wmma::row_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
-            else if (a_row) wmma_gemm<mode, wmma::row_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
-            else if (b_row) wmma_gemm<mode, wmma::col_major, wmma::row_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
-            else wmma_gemm<mode, wmma::col_major, wmma::col_major>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            using R = wmma::row_major;
+            using Cl = wmma::col_major;
+            if (a_row && b_row) wmma_gemm<mode, R, R, RA, RB, RC>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else if (a_row) wmma_gemm<mode, R, Cl, RA, RB, RC>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else if (b_row) wmma_gemm<mode, Cl, R, RA, RB, RC>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
+            else wmma_gemm<mode, Cl, Cl, RA, RB, RC>(m, n, k, A, lda, B, ldb, Cm, ldc, wofs, mask);
             return;
         }
     }
     const int nti = (m + 3) / 4, ntj = (n + 3) / 4;
-    for (int t = threadIdx.x; t < nti * ntj; t += blockDim.x) {
+    for (int t = threadIdx.x; t < nti * ntj; t += kBlockThreads) {
         const int ti = t / ntj, tj = t % ntj;
         float acc[4][4] = {};
         // Unrolled so that several iterations' shared-memory loads are in flight at once.
@@ -138,10 +163,10 @@ __device__ void gemm(int m, int n, int k, const float* A, int ars, int acs, cons
 }
 
 // The product followed by a barrier.
-template <Into mode, bool TC = false>
-__device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
-                           int brs, int bcs, float* Cm, int ldc) {
-    gemm<mode, TC>(m, n, k, A, ars, acs, B, brs, bcs, Cm, ldc);
+template <Into mode, bool TC = false, bool RA = false, bool RB = false, bool RC = false>
+__device__ __forceinline__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs, const float* B,
+                                           int brs, int bcs, float* Cm, int ldc) {
+    gemm<mode, TC, RA, RB, RC>(m, n, k, A, ars, acs, B, brs, bcs, Cm, ldc);
     __syncthreads();
 }
 
@@ -150,12 +175,15 @@ __device__ void block_gemm(int m, int n, int k, const float* A, int ars, int acs
 template <class T>
 __device__ void load_rows(float* dst, int ld, const T* src, long long row0, long long row_stride,
                           int D, int C, int n, bool ones, bool sync = true) {
-    for (int e = threadIdx.x; e < C * D; e += blockDim.x) {
+    // Not unrolled (as in v3/v4: this is the fallback row path); unrolled with the compile-time
+    // sizes it made the v5 query-totals kernel spill.
+#pragma unroll 1
+    for (int e = threadIdx.x; e < C * D; e += kBlockThreads) {
         const int i = e / D, d = e % D;
         dst[i * ld + d] = i < n ? to_float(src[row0 + i * row_stride + d]) : 0.0f;
     }
     if (ones)
-        for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
+        for (int i = threadIdx.x; i < C; i += kBlockThreads) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
     if (sync) __syncthreads();
 }
 
@@ -163,7 +191,8 @@ __device__ void load_rows(float* dst, int ld, const T* src, long long row0, long
 template <class T>
 __device__ void store_rows(T* dst, long long row0, long long row_stride, const float* src, int ld,
                            int D, int n, bool sync = true) {
-    for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
+#pragma unroll 1
+    for (int e = threadIdx.x; e < n * D; e += kBlockThreads) {
         const int i = e / D, d = e % D;
         dst[row0 + i * row_stride + d] = from_float<T>(src[i * ld + d]);
     }
@@ -297,7 +326,7 @@ struct RowFetch {
             }
         }
         if (ones)
-            for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
+            for (int i = threadIdx.x; i < C; i += kBlockThreads) dst[i * ld + D] = i < n ? 1.0f : 0.0f;
         if (sync) __syncthreads();
     }
 };
@@ -310,7 +339,7 @@ __device__ void store_rows_vec(T* dst, long long row0, long long row_stride, con
     constexpr int EPV = VecTraits<T>::EPV;
     const int vpr = D / EPV, total = n * vpr;
     const bool aligned = ld % 4 == 0;
-    for (int e = threadIdx.x; e < total; e += blockDim.x) {
+    for (int e = threadIdx.x; e < total; e += kBlockThreads) {
         const int i = e / vpr, c = e - i * vpr;
         float f[EPV];
         read_floats<EPV>(src + i * ld + c * EPV, aligned, f);
@@ -328,16 +357,17 @@ __device__ void store_rows_vec(T* dst, long long row0, long long row_stride, con
 // phi_l[r] = prod_p sigma(+-2 beta u_p), multiplied plane by plane from plane 0 as the CPU does;
 // sigma(-y) is computed directly so a near-certain bit keeps its small probability's digits.
 // Rows n..C-1 of phi are zero, so padding tokens contribute nothing.
-template <bool TC>
-__device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, int ldLP,
+// PR (v5): X and Wp hold TF32 values (rounded when written), so the projection skips the rounding.
+template <bool TC, bool PR = false>
+__device__ __forceinline__ void feature_map(const float* X, int ldD, const float* Wp, float* u, int ldLP,
                                    float* sig, int ldSig, float* phi, int ldM, int C, int n, int D,
                                    int L, int P, float beta) {
     const int LP = L * P, R = 1 << P, M = L * R;
     // Bit probabilities are floored at e^{-87/P} exactly as on the CPU (src/core/feature_map.hpp),
     // so phi(q) . phi(k) of the best bucket stays inside float32's range at large beta.
     const float floor = static_cast<float>(exp(-87.0 / P));
-    block_gemm<Into::set, TC>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
-    for (int e = threadIdx.x; e < C * LP; e += blockDim.x) {
+    block_gemm<Into::set, TC, PR, PR>(C, LP, D, X, ldD, 1, Wp, 1, ldD, u, ldLP);
+    for (int e = threadIdx.x; e < C * LP; e += kBlockThreads) {
         const int i = e / LP, p = e % LP;
         const float uu = tanhf(u[i * ldLP + p]);
         u[i * ldLP + p] = uu;
@@ -346,13 +376,16 @@ __device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, 
         sig[i * ldSig + 2 * p + 1] = fmaxf(1.0f / (1.0f + expf(y)), floor);  // bit clear
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
+    // Not unrolled over items (v5: unrolled with compile-time sizes, the forward kernel spilled).
+#pragma unroll 1
+    for (int e = threadIdx.x; e < C * M; e += kBlockThreads) {
         const int i = e / M, m = e % M;
         float f = 0.0f;
         if (i < n) {
             const int l = m / R, r = m % R;
             const float* s = sig + i * ldSig + 2 * l * P;
             f = 1.0f;
+#pragma unroll
             for (int p = 0; p < P; ++p) f *= s[2 * p + (((r >> (P - 1 - p)) & 1) ? 0 : 1)];
         }
         phi[i * ldM + m] = f;
@@ -364,13 +397,15 @@ __device__ void feature_map(const float* X, int ldD, const float* Wp, float* u, 
 // dL/dz into dz (C x LP; zero on padding rows) and returns this thread's part of dL/dbeta.
 // No closing barrier (v4); the C * L (row, table) items start at thread `tofs`, so that the
 // queries' and the keys' backward can run side by side on different threads.
-__device__ inline double feature_map_backward(const float* u, int ldLP, const float* phi,
-                                              const float* g, int ldM, float* dz, int C, int n,
-                                              int L, int P, float beta, int tofs = 0) {
+// PR (v5): dz is read only as a tensor-core operand (dq = dz Wp), so it is rounded to TF32 here.
+template <bool PR = false>
+__device__ __forceinline__ double feature_map_backward(const float* u, int ldLP, const float* phi,
+                                                       const float* g, int ldM, float* dz, int C, int n,
+                                                       int L, int P, float beta, int tofs = 0) {
     const int R = 1 << P;
     double dbeta = 0.0;
-    const int first = (threadIdx.x + blockDim.x - tofs % blockDim.x) % blockDim.x;
-    for (int e = first; e < C * L; e += blockDim.x) {
+    const int first = (threadIdx.x + kBlockThreads - tofs % kBlockThreads) % kBlockThreads;
+    for (int e = first; e < C * L; e += kBlockThreads) {
         const int i = e / L, l = e % L;
         float* dzl = dz + i * ldLP + l * P;
         if (i >= n) {
@@ -381,6 +416,7 @@ __device__ inline double feature_map_backward(const float* u, int ldLP, const fl
         const float* gl = g + i * ldM + l * R;
         float mp[10] = {};
         float m0 = 0.0f;
+#pragma unroll
         for (int r = 0; r < R; ++r) {
             const float gf = gl[r] * f[r];
             m0 += gf;
@@ -395,7 +431,7 @@ __device__ inline double feature_map_backward(const float* u, int ldLP, const fl
             const float t = tanhf(beta * ul[p]);  // = 2 sigma(2 beta u) - 1
             const float common = mp[p] - t * m0;
             dbeta += static_cast<double>(ul[p]) * common;
-            dzl[p] = (1.0f - ul[p] * ul[p]) * beta * common;
+            dzl[p] = tf32_if<PR>((1.0f - ul[p] * ul[p]) * beta * common);
         }
     }
     return dbeta;

@@ -139,11 +139,23 @@ struct Engine::Impl {
         a.lay = make_layout(d, pass);
         const std::size_t bytes = a.lay.total * sizeof(float);
         dim3 grid(d.nseg, d.H, static_cast<unsigned>(batch));
+        if constexpr (!std::is_same<T, float>::value) {
+            // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
+            // benchmark's heads) or D=64 (the model's: width 512, 8 heads).
+            if (fixed_sizes && d.P == 4 && d.L == 4 && d.C == 32) {
+                if (d.D == 128) return launch_sized<T, Fixed<128, 4, 4, 32>>(pass, grid, bytes, a);
+                if (d.D == 64) return launch_sized<T, Fixed<64, 4, 4, 32>>(pass, grid, bytes, a);
+            }
+        }
+        launch_sized<T, Runtime>(pass, grid, bytes, a);
+    }
+    template <class T, class F>
+    void launch_sized(Pass pass, dim3 grid, std::size_t bytes, const SegmentArgs<T>& a) {
         switch (pass) {
-            case Pass::key_state: go(segment_kernel<T, Pass::key_state>, grid, bytes, a); break;
-            case Pass::forward: go(segment_kernel<T, Pass::forward>, grid, bytes, a); break;
-            case Pass::query_state: go(segment_kernel<T, Pass::query_state>, grid, bytes, a); break;
-            case Pass::backward: go(segment_kernel<T, Pass::backward>, grid, bytes, a); break;
+            case Pass::key_state: go(segment_kernel<T, Pass::key_state, F>, grid, bytes, a); break;
+            case Pass::forward: go(segment_kernel<T, Pass::forward, F>, grid, bytes, a); break;
+            case Pass::query_state: go(segment_kernel<T, Pass::query_state, F>, grid, bytes, a); break;
+            case Pass::backward: go(segment_kernel<T, Pass::backward, F>, grid, bytes, a); break;
         }
     }
     template <class K, class A>
@@ -163,6 +175,9 @@ struct Engine::Impl {
     // v4 row path (16-byte vectors fetched one chunk ahead) when D, the chunk and every tensor's
     // address allow; RACESP_CUDA_VEC=0 turns it off (the element-wise path of v3, for comparisons).
     bool vec_rows = true;
+    // v5 kernels with compile-time sizes for the common configuration; RACESP_CUDA_FIXED=0 turns
+    // them off (every size a run-time value, the v4 kernels, for comparisons).
+    bool fixed_sizes = true;
     template <class T>
     bool vec_ok(const Dims& d, const Tensors& t) const {
         if (!vec_rows || d.D % VecTraits<T>::EPV != 0 || d.C * d.D > kVecChunkElems) return false;
@@ -240,6 +255,7 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     m.config = config;
     m.options = options;
     if (const char* v = std::getenv("RACESP_CUDA_VEC")) m.vec_rows = std::strcmp(v, "0") != 0;
+    if (const char* v = std::getenv("RACESP_CUDA_FIXED")) m.fixed_sizes = std::strcmp(v, "0") != 0;
     m.heads = planes.heads();
     m.dim = planes.dim();
     if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)

@@ -13,6 +13,13 @@
 // registers while chunk c computes (RowFetch), outputs leave as 16-byte stores, and products that
 // do not depend on each other share one barrier (the keys' and queries' gradient products, the
 // causal mask written by the product itself, the S update beside the chunk's last stores).
+//
+// v5: compile-time sizes. `Fixed<D, P, L, C>` instantiates the kernel with the common sizes as
+// constants (tensor-core inputs only; Runtime keeps every size a run-time value, for the rest),
+// so index arithmetic folds, loops have known trip counts and unroll, and the WMMA tiles' leading
+// dimensions are immediates. In those kernels the tiles that are read only as tensor-core
+// operands hold TF32 values from the moment they are written (Wp, Wm, dz, att, p2; token rows are
+// exact in TF32 already), so the products skip most per-step conversions (same bits as v4).
 #pragma once
 
 #include <type_traits>
@@ -49,27 +56,27 @@ struct SegmentArgs {
 __device__ inline void load_state(float* S, int ldW, const float* src, int M, int W) {
     constexpr int batch = 8;
     const int n = M * W;
-    for (int e0 = threadIdx.x; e0 < n; e0 += batch * blockDim.x) {
+    for (int e0 = threadIdx.x; e0 < n; e0 += batch * kBlockThreads) {
         float x[batch];
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
-            const int e = e0 + j * blockDim.x;
+            const int e = e0 + j * kBlockThreads;
             x[j] = e < n ? __ldg(src + e) : 0.0f;
         }
 #pragma unroll
         for (int j = 0; j < batch; ++j) {
-            const int e = e0 + j * blockDim.x;
+            const int e = e0 + j * kBlockThreads;
             if (e < n) S[(e / W) * ldW + e % W] = x[j];
         }
     }
     __syncthreads();
 }
 __device__ inline void zero_state(float* S, int ldW, int M, int W) {
-    for (int e = threadIdx.x; e < M * W; e += blockDim.x) S[(e / W) * ldW + e % W] = 0.0f;
+    for (int e = threadIdx.x; e < M * W; e += kBlockThreads) S[(e / W) * ldW + e % W] = 0.0f;
     __syncthreads();
 }
 __device__ inline void store_state(float* dst, const float* S, int ldW, int M, int W) {
-    for (int e = threadIdx.x; e < M * W; e += blockDim.x) dst[e] = S[(e / W) * ldW + e % W];
+    for (int e = threadIdx.x; e < M * W; e += kBlockThreads) dst[e] = S[(e / W) * ldW + e % W];
     __syncthreads();
 }
 
@@ -80,12 +87,46 @@ __device__ inline void store_state(float* dst, const float* S, int ldW, int M, i
 template <Pass pass>
 constexpr int min_blocks() { return pass == Pass::key_state || pass == Pass::forward ? 2 : 1; }
 
-template <class T, Pass pass>
+// Sizes of a kernel instantiation (v5): Runtime reads them from Dims, Fixed has them as constants.
+struct Runtime {
+    static constexpr bool on = false;
+};
+template <int D_, int P_, int L_, int C_>
+struct Fixed {
+    static constexpr bool on = true;
+    static constexpr int D = D_, P = P_, L = L_, C = C_;
+};
+
+// The Dims the kernel computes with: with Fixed, the sizes are constants (the host's Dims hold the
+// same values: the launcher picks a Fixed kernel only then), so make_layout folds too.
+template <class F>
+__device__ __forceinline__ Dims kernel_dims(const Dims& in) {
+    Dims d = in;
+    if constexpr (F::on) {
+        d.D = F::D;
+        d.W = F::D + 1;
+        d.P = F::P;
+        d.L = F::L;
+        d.R = 1 << F::P;
+        d.M = F::L * (1 << F::P);
+        d.LP = F::L * F::P;
+        d.C = F::C;
+        d.tc = true;
+        d.Wg = (F::D + 1 + 15) / 16 * 16;
+    }
+    return d;
+}
+
+template <class T, Pass pass, class F = Runtime>
 __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_kernel(const SegmentArgs<T> a) {
     extern __shared__ __align__(128) float smem[];
     constexpr bool TC = !std::is_same<T, float>::value;
-    const Dims& d = a.d;
-    const Layout& L = a.lay;
+    static_assert(!F::on || TC, "Fixed sizes are for the tensor-core (bf16/fp16) kernels");
+    // PR: tiles read only as tensor-core operands are rounded to TF32 when written (v5, Fixed only:
+    // there every product runs on tensor cores, so no SIMT product reads a rounded tile).
+    constexpr bool PR = F::on;
+    const Dims d = kernel_dims<F>(a.d);
+    const Layout L = F::on ? make_layout(d, pass) : a.lay;
     const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int C = d.C, D = d.D, W = d.W, Wg = d.Wg, M = d.M, LP = d.LP;
     const long long row_stride = static_cast<long long>(d.H) * D;
@@ -116,10 +157,10 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
     float* phe = d.bucket ? pht : phq;
 
     // Zero everything once: padding columns of the [.., D+1] tiles must stay zero.
-    for (std::size_t e = threadIdx.x; e < L.total; e += blockDim.x) smem[e] = 0.0f;
+    for (std::size_t e = threadIdx.x; e < L.total; e += kBlockThreads) smem[e] = 0.0f;
     __syncthreads();
-    for (int e = threadIdx.x; e < LP * D; e += blockDim.x)
-        Wp[(e / D) * L.ldD + e % D] = __ldg(a.planes + h * static_cast<long long>(LP) * D + e);
+    for (int e = threadIdx.x; e < LP * D; e += kBlockThreads)
+        Wp[(e / D) * L.ldD + e % D] = tf32_if<PR>(__ldg(a.planes + h * static_cast<long long>(LP) * D + e));
     if (pass == Pass::key_state) {
         zero_state(S, L.ldW, M, W);
     } else {
@@ -165,7 +206,7 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
 
         // Rows of the chunk: k into X, [v, 1] into V, dout into Wm as [G, 0]; one barrier.
         if (need_g) {
-            for (int i = threadIdx.x; i < C; i += blockDim.x) Wm[i * L.ldW + D] = 0.0f;
+            for (int i = threadIdx.x; i < C; i += kBlockThreads) Wm[i * L.ldW + D] = 0.0f;
             if (vec) {
                 fg.put(Wm, L.ldW, D, C, n, false, false);
                 if (has_next) fg.fetch(a.dout, row_next, row_stride, D, C, n_next);
@@ -188,7 +229,7 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
         }
         if (need_g || need_keys) __syncthreads();  // rows in X, V, Wm
         if (need_keys)
-            feature_map<TC>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
+            feature_map<TC, PR>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
 
         if (need_q) {
             if (vec) {
@@ -197,10 +238,10 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             } else {
                 load_rows(X, L.ldD, a.q, row0, row_stride, D, C, n, false);
             }
-            feature_map<TC>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
+            feature_map<TC, PR>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
             if (d.bucket) {
                 // r_i[m] = 1 / (A_i[m] + eps), A_i the bucket counts visible to query i.
-                for (int m = threadIdx.x; m < M; m += blockDim.x) {
+                for (int m = threadIdx.x; m < M; m += kBlockThreads) {
                     float acount = S[m * L.ldW + D];
                     for (int i = 0; i < C; ++i) {
                         if (d.causal) acount += phk[i * L.ldM + m];
@@ -213,10 +254,10 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             }
             // att[i][j] = Phi'_i . phi(k_j), j <= i (masked as it is written); num = Phi' S.
             const bool need_num = pass == Pass::forward || !d.bucket;
-            if (d.causal) gemm<Into::set, TC>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC, 0, true);
+            if (d.causal) gemm<Into::set, TC, false, false, PR>(C, C, M, phe, L.ldM, 1, phk, 1, L.ldM, att, L.ldC, 0, true);
             if (need_num) gemm<Into::set, TC>(C, Wg, M, phe, L.ldM, 1, S, L.ldW, 1, num, L.ldW, d.causal ? 4 : 0);
             if (d.causal || need_num) __syncthreads();  // att, num
-            if (d.causal && need_num) block_gemm<Into::add, TC>(C, Wg, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
+            if (d.causal && need_num) block_gemm<Into::add, TC, PR, PR>(C, Wg, C, att, L.ldC, 1, V, L.ldW, 1, num, L.ldW);
         }
 
         if (pass == Pass::forward) {
@@ -224,29 +265,29 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             if (vec) {
                 store_rows_vec(a.o, row0, row_stride, num, L.ldW, D, n, !d.bucket, false);
             } else {
-                for (int e = threadIdx.x; e < n * D; e += blockDim.x) {
+                for (int e = threadIdx.x; e < n * D; e += kBlockThreads) {
                     const int i = e / D, dd = e % D;
                     const float x = d.bucket ? num[i * L.ldW + dd] : num[i * L.ldW + dd] * (1.0f / num[i * L.ldW + D]);
                     a.o[row0 + i * row_stride + dd] = from_float<T>(x);
                 }
             }
-            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
+            if (d.causal) gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
             __syncthreads();  // num read, S moved past the chunk
         }
 
-        if (pass == Pass::key_state) block_gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
+        if (pass == Pass::key_state) block_gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW);
 
         if (need_g) {
             if (!d.bucket) {
                 // One warp per query: den, G . o, then Wm = [G / den, -(G . o) / den].
-                const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+                const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = kBlockThreads / 32;
                 for (int i = warp; i < n; i += warps) {
                     const float inv = 1.0f / num[i * L.ldW + D];
                     float go = 0.0f;
                     for (int dd = lane; dd < D; dd += 32) go += Wm[i * L.ldW + dd] * (num[i * L.ldW + dd] * inv);
                     for (int off = 16; off > 0; off /= 2) go += __shfl_xor_sync(0xffffffffu, go, off);
-                    for (int dd = lane; dd < D; dd += 32) Wm[i * L.ldW + dd] *= inv;
-                    if (lane == 0) Wm[i * L.ldW + D] = -go * inv;
+                    for (int dd = lane; dd < D; dd += 32) Wm[i * L.ldW + dd] = tf32_if<PR>(Wm[i * L.ldW + dd] * inv);
+                    if (lane == 0) Wm[i * L.ldW + D] = tf32_if<PR>(-go * inv);
                 }
                 __syncthreads();  // Wm final; num free
             }
@@ -254,20 +295,20 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             // totals; kernel query totals need only Phi' and Wm (v3 computed it there too).
             if (pass == Pass::backward || d.bucket) {
                 // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
-                gemm<Into::set, TC>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
-                if (d.causal) gemm<Into::set, TC>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
+                gemm<Into::set, TC, PR>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
+                if (d.causal) gemm<Into::set, TC, PR, PR, PR>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
                 const bool bwd_nc = pass == Pass::backward && !d.causal;
                 if (bwd_nc) {
                     // Non-causal: U is constant, so the keys' products join this step:
                     // dL/dphi(k_j) = U [v_j, 1] and dv_j = phi(k_j) U[:, :D].
-                    gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
+                    gemm<Into::set, TC, PR>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
                     gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
                 }
                 __syncthreads();  // dphq, p2 (, dphk, num)
-                if (d.causal) block_gemm<Into::add, TC>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
+                if (d.causal) block_gemm<Into::add, TC, PR>(C, M, C, p2, L.ldC, 1, phk, L.ldM, 1, dphq, L.ldM);
                 if (d.bucket) {
                     // h = r H'; dL/dphi(q) = h / L; Y = Phi' h goes to the A column of U (kept in rr).
-                    for (int e = threadIdx.x; e < C * M; e += blockDim.x) {
+                    for (int e = threadIdx.x; e < C * M; e += kBlockThreads) {
                         const int i = e / M, m = e % M;
                         const float hval = rr[i * L.ldM + m] * dphq[i * L.ldM + m];
                         dphq[i * L.ldM + m] = hval * d.inv_tables;
@@ -280,12 +321,12 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
 
         if (pass == Pass::query_state) {
             // U += Phi'^T Wm beside the causal S update (S was last read by dphq above).
-            gemm<Into::add, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
-            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
+            gemm<Into::add, TC, false, PR>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+            if (d.causal) gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
             __syncthreads();  // U, S
             if (d.bucket) {
                 // bucket: U[:, D] -= sum_i Y_i.
-                for (int m = threadIdx.x; m < M; m += blockDim.x) {
+                for (int m = threadIdx.x; m < M; m += kBlockThreads) {
                     float s = 0.0f;
                     for (int i = 0; i < C; ++i) s += rr[i * L.ldM + m];
                     U[m * L.ldW + D] -= s;
@@ -303,9 +344,9 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
                                                           : a.u_end + bh * state_size, M, W);
                 } else {
                     // U after this chunk: the sum over the queries after it.
-                    block_gemm<Into::sub, TC>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
+                    block_gemm<Into::sub, TC, false, PR>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
                     if (d.bucket) {
-                        for (int m = threadIdx.x; m < M; m += blockDim.x) {
+                        for (int m = threadIdx.x; m < M; m += kBlockThreads) {
                             float s = 0.0f;
                             for (int i = 0; i < C; ++i) s += rr[i * L.ldM + m];
                             U[m * L.ldW + D] += s;
@@ -315,14 +356,14 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
                 }
                 // dL/dphi(k_j) = U(j) [v_j, 1] with U(j) = U_after + the chunk's queries i >= j;
                 // dv_j = phi(k_j) U(j)[:, :D].
-                gemm<Into::set, TC>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
+                gemm<Into::set, TC, PR>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM);
                 gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW, 8);
                 __syncthreads();  // dphk, num
-                gemm<Into::add, TC>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
-                gemm<Into::add, TC>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW, 8);
+                gemm<Into::add, TC, PR>(C, M, C, p2, 1, L.ldC, phe, L.ldM, 1, dphk, L.ldM);
+                gemm<Into::add, TC, PR, PR>(C, D, C, att, 1, L.ldC, Wm, L.ldW, 1, num, L.ldW, 8);
                 __syncthreads();  // dphk, num
                 if (d.bucket) {
-                    for (int m = threadIdx.x; m < M; m += blockDim.x) {
+                    for (int m = threadIdx.x; m < M; m += kBlockThreads) {
                         float s = 0.0f;
                         for (int j = C - 1; j >= 0; --j) {
                             s += rr[j * L.ldM + m];
@@ -335,13 +376,13 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             // dv out; dL/dz of the queries (dz) and of the keys (dz2) on different threads.
             if (vec) store_rows_vec(a.dv, row0, row_stride, num, L.ldW, D, n, false, false);
             else store_rows(a.dv, row0, row_stride, num, L.ldW, D, n, false);
-            dbeta += feature_map_backward(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
-            dbeta += feature_map_backward(uk, L.ldLP, phk, dphk, L.ldM, dz2, C, n, d.L, d.P, d.beta, C * d.L);
+            dbeta += feature_map_backward<PR>(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
+            dbeta += feature_map_backward<PR>(uk, L.ldLP, phk, dphk, L.ldM, dz2, C, n, d.L, d.P, d.beta, C * d.L);
             __syncthreads();  // dz, dz2; num read
             // dq = dz Wp into X, dk = dz2 Wp into num, beside the causal S update (reads phk, V).
-            gemm<Into::set, TC>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
-            gemm<Into::set, TC>(C, D, LP, dz2, L.ldLP, 1, Wp, L.ldD, 1, num, L.ldW, 8);
-            if (d.causal) gemm<Into::add, TC>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 0);
+            gemm<Into::set, TC, PR, PR>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+            gemm<Into::set, TC, PR, PR>(C, D, LP, dz2, L.ldLP, 1, Wp, L.ldD, 1, num, L.ldW, 8);
+            if (d.causal) gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 0);
             __syncthreads();  // X, num, S
             if (vec) {
                 store_rows_vec(a.dq, row0, row_stride, X, L.ldD, D, n, false, false);
@@ -360,7 +401,7 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
         __syncthreads();
         if (threadIdx.x == 0) {
             double s = 0.0;
-            for (int i = 0; i < blockDim.x; ++i) s += red[i];
+            for (int i = 0; i < kBlockThreads; ++i) s += red[i];
             a.dbeta_part[bh * d.nseg + seg] = s;
         }
     }

@@ -2,6 +2,7 @@
 // sharded through the incoming-state API on one device.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <sstream>
 
 #include "gpu_test_util.hpp"
@@ -153,6 +154,14 @@ std::vector<Case> cases() {
             v.push_back({32, 6, 4, causal, bucket, DType::f32});  // M = 256
             v.push_back({128, 4, 4, causal, bucket, DType::bf16});
             v.push_back({64, 4, 4, causal, bucket, DType::f16});
+            // v5 kernels with compile-time sizes (D 64 or 128, P=4, L=4, chunk 32): both dtypes,
+            // and several segments of 32 chunks (and 4-chunk causal bucket segments).
+            v.push_back({64, 4, 4, causal, bucket, DType::bf16});
+            v.push_back({128, 4, 4, causal, bucket, DType::f16});
+            Case many{128, 4, 4, causal, bucket, DType::bf16};
+            many.T = 2500;
+            many.B = 1;
+            v.push_back(many);
             // Head sizes whose rows are not whole 16-byte vectors: the element-wise row path.
             v.push_back({30, 3, 2, causal, bucket, DType::f32});
             v.push_back({36, 3, 2, causal, bucket, DType::bf16});
@@ -197,6 +206,37 @@ TEST(CudaVsCpu, SameOutputsAndGradients) {
             EXPECT_LT(rel_error(got.dv, dv), gtol);
             EXPECT_NEAR(got.dbeta, dbeta, gtol * std::max(1.0, std::abs(dbeta)));
         }
+}
+
+// The v5 kernels with compile-time sizes against the run-time-size kernels (RACESP_CUDA_FIXED=0,
+// read when an engine is made) on the same inputs: they round the same products' operands at
+// other places (once when a tile is written, not at every product step) to the same TF32 values,
+// so they agree to float32 rounding, far tighter than the 2e-2 held against float64; an indexing
+// or ordering fault would not.
+TEST(CudaFixedSizes, SameAsRunTimeSizes) {
+    SKIP_WITHOUT_GPU();
+    for (DType dt : {DType::bf16, DType::f16})
+        for (std::int64_t D : {64, 128})
+            for (bool causal : {false, true})
+                for (bool bucket : {false, true}) {
+                    Case c{D, 4, 4, causal, bucket, dt};
+                    c.T = 3001;
+                    c.B = 1;
+                    const AttentionConfig cfg = config_of(c);
+                    const Planes planes(cfg, c.H, c.D);
+                    const Inputs in = make_inputs(c, 4242 + D);
+                    const GpuOut fixed = run_gpu(c, cfg, planes, in);
+                    ASSERT_EQ(setenv("RACESP_CUDA_FIXED", "0", 1), 0);
+                    const GpuOut runtime = run_gpu(c, cfg, planes, in);
+                    unsetenv("RACESP_CUDA_FIXED");
+                    SCOPED_TRACE(name(c));
+                    const double e[] = {rel_error(fixed.o, runtime.o), rel_error(fixed.dq, runtime.dq),
+                                        rel_error(fixed.dk, runtime.dk), rel_error(fixed.dv, runtime.dv),
+                                        std::abs(fixed.dbeta - runtime.dbeta) / std::max(1.0, std::abs(runtime.dbeta))};
+                    std::printf("  %s fixed vs run-time sizes: o %.2e dq %.2e dk %.2e dv %.2e dbeta %.2e\n",
+                                name(c).c_str(), e[0], e[1], e[2], e[3], e[4]);
+                    for (double x : e) EXPECT_LT(x, 1e-4);
+                }
 }
 
 // Shards on one device through the incoming-state API (host sums stand in for the collectives)
