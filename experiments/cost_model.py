@@ -40,6 +40,7 @@ import argparse
 import glob
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -212,16 +213,35 @@ def fmt_s(s):
     return f"{s * 1e6:.3g} µs"
 
 
+def newest_step(results):
+    """(seconds, file) of the causal 8M-token forward + backward on one GPU from the newest kernel
+    version's results/gpu-h200-vN.jsonl (kernel normalisation), or (1.0, "none found")."""
+    def version(path):
+        m = re.search(r"-v(\d+)", path.name)
+        return int(m.group(1)) if m else 1
+    for path in sorted(results.glob("gpu-h200*.jsonl"), key=version, reverse=True):
+        for d in read_jsonl([path]):
+            if (d.get("ranks") == 1 and d.get("causal") and d.get("tokens") == 8388608
+                    and d.get("normalization", "kernel") == "kernel" and "median_s" in d):
+                return d["median_s"], path.name
+    return 1.0, "none found"
+
+
 def markdown(gpu, cpu, step_s):
     out = []
     if gpu:
         n = gpu["state_bytes"]
         c = gpu["round_s"]
-        out.append(f"GPU fit ({gpu['what']}): t0 = {fmt_s(gpu['t0_s'])}, one scan round at n = {n:,} B: "
-                   f"c = alpha + n beta = {fmt_s(c)}.\n")
         if "alpha_s" in gpu:
-            out.append(f"GPU alpha = {fmt_s(gpu['alpha_s'])}, beta = {gpu['beta_s_per_byte']:.3g} s/B from "
-                       f"{len(gpu['size_points'])} points over state sizes ({gpu['what_sizes']}); c from them.\n")
+            out.append(f"GPU fit (NCCL, {gpu['what_sizes']}): alpha = {fmt_s(gpu['alpha_s'])}, beta = "
+                       f"{gpu['beta_s_per_byte']:.3g} s/B ({gpu['bandwidth_GBps']:.3g} GB/s), from "
+                       f"{len(gpu['size_points'])} points over state sizes; one scan round at n = {n:,} B: "
+                       f"c = alpha + n beta = {fmt_s(c)}. (The step-level collective_s of the scaling files, "
+                       f"which include waiting for the slowest rank, fit t0 = {fmt_s(gpu['t0_s'])} and a larger c: "
+                       f"upper bounds.)\n")
+        else:
+            out.append(f"GPU fit ({gpu['what']}): t0 = {fmt_s(gpu['t0_s'])}, one scan round at n = {n:,} B: "
+                       f"c = alpha + n beta = {fmt_s(c)}.\n")
         out.append("| p | rounds | bytes/rank/step: RD scan | allgather | ring | latency/step: RD scan | "
                    "allgather (ring) | ring | RD scan / step time |")
         out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -229,9 +249,9 @@ def markdown(gpu, cpu, step_s):
             r = model(p, n, c, 0.0)  # per-message cost c (the same whether or not alpha, beta are known)
             out.append(f"| {p} | {r['rounds']} | {fmt_bytes(r['bytes_rd_scan'])} | {fmt_bytes(r['bytes_allgather'])} | "
                        f"{fmt_bytes(r['bytes_ring'])} | {fmt_s(r['s_rd_scan'])} | {fmt_s(r['s_allgather_ring'])} | "
-                       f"{fmt_s(r['s_ring'])} | {100 * r['s_rd_scan'] / step_s:.2g}% |")
-        out.append(f"\n(step time: {step_s:.3g} s, the measured causal forward + backward at 8M tokens per H200, "
-                   "v3 kernels, gpu-h200x2-scaling-v3.jsonl)\n")
+                       f"{fmt_s(r['s_ring'])} | {100 * r['s_rd_scan'] / step_s[0]:.2g}% |")
+        out.append(f"\n(step time: {step_s[0]:.3g} s, the measured causal forward + backward at 8M tokens on one "
+                   f"H200, {step_s[1]})\n")
     if cpu:
         n = gpu["state_bytes"] if gpu else 264192
         a, b = cpu["alpha_s"], cpu["beta_s_per_byte"]
@@ -279,9 +299,7 @@ def main():
     gpu, cpu = fit_gpu(results), fit_cpu(results)
     if not gpu and not cpu:
         sys.exit("cost_model.py: no collective measurements found under " + str(results))
-    step = [d for d in read_jsonl([results / "gpu-h200x2-scaling-v3.jsonl"]) if d["ranks"] == 1 and d["causal"]] \
-        if (results / "gpu-h200x2-scaling-v3.jsonl").exists() else []
-    step_s = step[0]["median_s"] if step else 1.0
+    step_s = newest_step(results)
     table = markdown(gpu, cpu, step_s)
     print(table)
     out = Path(args.out) if args.out else results / "cost-model" / "cost_model.json"
@@ -290,7 +308,7 @@ def main():
     gpu_ab = (gpu["alpha_s"], gpu["beta_s_per_byte"]) if gpu and "alpha_s" in gpu else (gpu["round_s"] if gpu else 0, 0.0)
     rows = {"gpu": [model(q, n, *gpu_ab) for q in RANKS] if gpu else None,
             "cpu": [model(q, n, cpu["alpha_s"], cpu["beta_s_per_byte"]) for q in RANKS] if cpu else None}
-    out.write_text(json.dumps({"gpu_fit": gpu, "cpu_fit": cpu, "step_s": step_s, "state_bytes": n, "model": rows},
+    out.write_text(json.dumps({"gpu_fit": gpu, "cpu_fit": cpu, "step_s": step_s[0], "step_file": step_s[1], "state_bytes": n, "model": rows},
                               indent=1) + "\n")
     (out.parent / "cost_model.md").write_text(table + "\n")
     print(f"\ncost_model.py: wrote {out} and {out.parent / 'cost_model.md'}", file=sys.stderr)
