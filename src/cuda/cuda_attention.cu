@@ -133,21 +133,27 @@ struct Engine::Impl {
     }
 
     template <class T>
-    void launch(Pass pass, const Dims& d, SegmentArgs<T> a, std::int64_t batch) {
+    void launch(Pass pass, Dims d, SegmentArgs<T> a, std::int64_t batch) {
         if (d.nseg == 0) return;
-        a.d = d;
-        a.lay = make_layout(d, pass);
-        const std::size_t bytes = a.lay.total * sizeof(float);
         dim3 grid(d.nseg, d.H, static_cast<unsigned>(batch));
+        auto layout = [&] {
+            a.d = d;
+            a.lay = make_layout(d, pass);
+            return a.lay.total * sizeof(float);
+        };
         if constexpr (!std::is_same<T, float>::value) {
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
-            // benchmark's heads) or D=64 (the model's: width 512, 8 heads).
-            if (fixed_sizes && d.P == 4 && d.L == 4 && d.C == 32) {
+            // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
+            // room for the fused feature map's partial tiles (Dims::fused, as kernel_dims sets it).
+            if (fixed_sizes && d.P == 4 && d.L == 4 && d.C == 32 && (d.D == 128 || d.D == 64)) {
+                d.fused = true;
+                const std::size_t bytes = layout();
                 if (d.D == 128) return launch_sized<T, Fixed<128, 4, 4, 32>>(pass, grid, bytes, a);
-                if (d.D == 64) return launch_sized<T, Fixed<64, 4, 4, 32>>(pass, grid, bytes, a);
+                return launch_sized<T, Fixed<64, 4, 4, 32>>(pass, grid, bytes, a);
             }
         }
-        launch_sized<T, Runtime>(pass, grid, bytes, a);
+        d.fused = false;
+        launch_sized<T, Runtime>(pass, grid, layout(), a);
     }
     template <class T, class F>
     void launch_sized(Pass pass, dim3 grid, std::size_t bytes, const SegmentArgs<T>& a) {
