@@ -6,7 +6,7 @@
 # end-to-end train tests (their racesp build and a v5 bench build from BASE, the main checkout
 # this tree branched from, run meanwhile in the background); the v5 bench on the same machine;
 # SASS instruction counts; the train tests if time is left. Files under $OUT: gpu.txt build.log
-# bench.jsonl bench-v5.jsonl ctest.log ctest-train.log sass.txt; a summary is printed last.
+# bench.jsonl bench-v5.jsonl ctest.log ctest-train.log sass.txt fixed-vs-runtime.txt; a summary is printed last.
 set -uo pipefail
 deadline=${DEADLINE:-315}
 left() {  # left LIMIT [KEEP]: seconds a part may take
@@ -52,12 +52,17 @@ cuobjdump -sass $B/src/cuda/CMakeFiles/racesp_cuda.dir/cuda_attention.cu.o 2>/de
 wait $ptrain && timeout "$(left 120)" ctest --test-dir $B -R gpu_train -j 4 --output-on-failure --timeout 110 \
   >"$OUT/ctest-train.log" 2>&1
 echo "train tests rc=$? ${SECONDS}s"
+# The Fixed-vs-run-time differences (ctest prints a passing test's output only on failure).
+if (($(left 40) >= 20)); then
+  timeout "$(left 40)" $B/tests/cuda/racesp_cuda_tests --gtest_filter='CudaFixedSizes*' >"$OUT/fixed-vs-runtime.txt" 2>&1
+  echo "fixed vs run-time rc=$? ${SECONDS}s"
+fi
 echo "== tests"
 for f in ctest ctest-train; do
   grep -E "tests passed|tests failed|\(Failed\)|Not Run|Timeout|\*\*\*Exception" "$OUT/$f.log" 2>/dev/null | head -20
 done
 grep -E "16M causal" "$OUT/ctest.log" | head -2
-grep -E "fixed vs run-time" "$OUT/ctest.log" | grep -oE "D[0-9]+_P.*" | head -16
+cat "$OUT/ctest.log" "$OUT/fixed-vs-runtime.txt" 2>/dev/null | grep -E "fixed vs run-time" | grep -oE "D[0-9]+_P.*" | head -16
 echo "== sass"; cut -c1-400 "$OUT/sass.txt"
 echo "== bench (median_s, M tokens/s, forward_s)"
 for f in bench bench-v5; do

@@ -99,7 +99,10 @@ struct Engine::Impl {
         // state (large 1/(A+eps) terms): segments of at most 4 chunks there.
         const bool short_segments = config.causal && config.normalization == Normalization::bucket;
         d.NS = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
-        d.nseg = static_cast<int>((s.tokens + d.NS - 1) / d.NS);
+        // NS is 0 while the constructor probes chunk sizes (chunk not chosen yet): no segments then.
+        // (v6: the probe's division by zero was never executed while the compiler dropped the unused
+        // nseg there; with the larger Dims it was kept and trapped, SIGFPE, on the device.)
+        d.nseg = d.NS > 0 ? static_cast<int>((s.tokens + d.NS - 1) / d.NS) : 0;
         d.beta = static_cast<float>(config.beta);
         d.eps = static_cast<float>(config.eps);
         d.inv_tables = 1.0f / static_cast<float>(config.tables);
