@@ -73,8 +73,12 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.Wm = grad ? take(C * l.ldW) : 0;
     l.uq = fwd_like ? take(C * l.ldLP) : 0;
     l.uk = keys ? take(C * l.ldLP) : 0;
-    // v6 (fused): the projection's partial tiles, kProjGroups x C/16 tiles of 16 x 16 (LP = 16).
-    l.sig = take(d.fused ? std::max<std::size_t>(C * l.ldSig, std::size_t(kProjGroups) * C * 16) : C * l.ldSig);
+    // v6 (fused): the projection's partial tiles, kProjGroups x C/16 tiles of 16 x 16 (LP = 16),
+    // here, except where the bucket normalisation's r tile (C x M >= that, dead while the feature
+    // maps run) holds them: the non-causal bucket backward at D=128 has no 3.9 KB to spare.
+    const bool part_in_r = fwd_like && d.bucket;
+    l.sig = take(d.fused && !part_in_r ? std::max<std::size_t>(C * l.ldSig, std::size_t(kProjGroups) * C * 16)
+                                       : C * l.ldSig);
     l.phq = fwd_like ? take(C * l.ldM) : 0;
     l.phk = keys ? take(C * l.ldM) : 0;
     l.pht = fwd_like && d.bucket ? take(C * l.ldM) : 0;
