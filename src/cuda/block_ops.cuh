@@ -393,6 +393,87 @@ __device__ __forceinline__ void feature_map(const float* X, int ldD, const float
     __syncthreads();
 }
 
+// v6: the feature map for the Fixed kernels (D, L, P, C compile-time, C * L * P = kBlockThreads,
+// LP = 16). Two barriers instead of three:
+// 1. The projection X Wp^T (C x LP, k = D) is split over kProjGroups groups of the D axis: warp
+//    (tile, group) computes one 16 x 16 partial tile (D / kProjGroups / 8 tensor-core k-steps, was
+//    D / 8 on C / 16 = 2 warps) into `part`; barrier.
+// 2. Thread (i, l, p) sums its element's partials (group order), computes u = tanh, the two bit
+//    probabilities exactly as feature_map, gets the table's other planes' probabilities from the
+//    neighbouring lanes (shuffles: the P threads of a (row, table) are consecutive lanes) and
+//    writes R / P of the table's R features, multiplied plane by plane from plane 0 as before
+//    (same bits as feature_map for the same u); barrier. No `sig` round trip through shared memory.
+template <int D, int L, int P, int C>
+__device__ __forceinline__ void feature_map_fixed(const float* X, int ldD, const float* Wp, float* u, int ldLP,
+                                                  float* part, float* phi, int ldM, int n, float beta) {
+    using namespace nvcuda;
+    constexpr int LP = L * P, R = 1 << P, G = kProjGroups, KG = D / G, TI = C / 16;
+    static_assert(LP == 16 && C % 16 == 0 && KG % 8 == 0, "fused feature map: one 16-column tile, k split in 8s");
+    static_assert(C * L * P == kBlockThreads && R % P == 0 && 32 % P == 0, "fused feature map: one thread per (i, l, p)");
+    const float floor = static_cast<float>(exp(-87.0 / P));
+    const int warp = threadIdx.x / 32;
+    if (warp < TI * G) {
+        const int t = warp % TI, g = warp / TI;
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+        wmma::fill_fragment(acc, 0.0f);
+        // Unrolled by two as in wmma_gemm (fully unrolled, the 64-register kernels spilled more).
+#pragma unroll 1
+        for (int p = g * KG; p < (g + 1) * KG; p += 8) {
+            // X rows are token rows (exact in TF32), Wp was rounded when loaded: no conversion.
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+            wmma::load_matrix_sync(a, X + t * 16 * ldD + p, ldD);
+            wmma::load_matrix_sync(b, Wp + p, ldD);
+            wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(part + (g * TI + t) * 256, acc, 16, wmma::mem_row_major);
+    }
+    __syncthreads();
+    const int e = threadIdx.x;
+    const int p = e % P, l = (e / P) % L, i = e / (P * L);
+    const int col = l * P + p;
+    float x = 0.0f;
+#pragma unroll
+    for (int g = 0; g < G; ++g) x += part[(g * TI + i / 16) * 256 + (i % 16) * 16 + col];
+    const float uu = tanhf(x);
+    u[i * ldLP + col] = uu;
+    const float y = 2.0f * beta * uu;
+    const float s1 = fmaxf(1.0f / (1.0f + expf(-y)), floor);  // bit set
+    const float s0 = fmaxf(1.0f / (1.0f + expf(y)), floor);   // bit clear
+    const int base = (threadIdx.x % 32) & ~(P - 1);
+    float a1[P], a0[P];
+#pragma unroll
+    for (int q = 0; q < P; ++q) {
+        a1[q] = __shfl_sync(0xffffffffu, s1, base + q);
+        a0[q] = __shfl_sync(0xffffffffu, s0, base + q);
+    }
+    // This thread's features r = p * RPT + j: the first PB planes' bits are p's, the last JB
+    // bits j's; the product keeps the plane order (1 * s_0 * s_1 ... as feature_map), so the
+    // first PB factors are shared by the RPT features.
+    constexpr int RPT = R / P;  // features per thread
+    constexpr int JB = RPT == 1 ? 0 : RPT == 2 ? 1 : RPT == 4 ? 2 : RPT == 8 ? 3 : -1, PB = P - JB;
+    static_assert(JB >= 0, "fused feature map: R / P must be 1, 2, 4 or 8");
+    float pre = 1.0f;
+#pragma unroll
+    for (int q = 0; q < PB; ++q) pre *= ((p >> (PB - 1 - q)) & 1) ? a1[q] : a0[q];
+    float f[RPT];
+#pragma unroll
+    for (int j = 0; j < RPT; ++j) {
+        float v = pre;
+#pragma unroll
+        for (int q = PB; q < P; ++q) v *= ((j >> (P - 1 - q)) & 1) ? a1[q] : a0[q];
+        f[j] = i < n ? v : 0.0f;
+    }
+    float* dst = phi + i * ldM + l * R + p * RPT;
+    if constexpr (RPT == 4) {
+        *reinterpret_cast<float4*>(dst) = make_float4(f[0], f[1], f[2], f[3]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < RPT; ++j) dst[j] = f[j];
+    }
+    __syncthreads();
+}
+
 // Backward of the feature map (DESIGN.md §2) for n rows: given g = dL/dphi, writes
 // dL/dz into dz (C x LP; zero on padding rows) and returns this thread's part of dL/dbeta.
 // No closing barrier (v4); the C * L (row, table) items start at thread `tofs`, so that the

@@ -99,7 +99,10 @@ struct Engine::Impl {
         // state (large 1/(A+eps) terms): segments of at most 4 chunks there.
         const bool short_segments = config.causal && config.normalization == Normalization::bucket;
         d.NS = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
-        d.nseg = static_cast<int>((s.tokens + d.NS - 1) / d.NS);
+        // NS is 0 while the constructor probes chunk sizes (chunk not chosen yet): no segments then.
+        // (v6: the probe's division by zero was never executed while the compiler dropped the unused
+        // nseg there; with the larger Dims it was kept and trapped, SIGFPE, on the device.)
+        d.nseg = d.NS > 0 ? static_cast<int>((s.tokens + d.NS - 1) / d.NS) : 0;
         d.beta = static_cast<float>(config.beta);
         d.eps = static_cast<float>(config.eps);
         d.inv_tables = 1.0f / static_cast<float>(config.tables);
@@ -133,21 +136,27 @@ struct Engine::Impl {
     }
 
     template <class T>
-    void launch(Pass pass, const Dims& d, SegmentArgs<T> a, std::int64_t batch) {
+    void launch(Pass pass, Dims d, SegmentArgs<T> a, std::int64_t batch) {
         if (d.nseg == 0) return;
-        a.d = d;
-        a.lay = make_layout(d, pass);
-        const std::size_t bytes = a.lay.total * sizeof(float);
         dim3 grid(d.nseg, d.H, static_cast<unsigned>(batch));
+        auto layout = [&] {
+            a.d = d;
+            a.lay = make_layout(d, pass);
+            return a.lay.total * sizeof(float);
+        };
         if constexpr (!std::is_same<T, float>::value) {
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
-            // benchmark's heads) or D=64 (the model's: width 512, 8 heads).
-            if (fixed_sizes && d.P == 4 && d.L == 4 && d.C == 32) {
+            // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
+            // room for the fused feature map's partial tiles (Dims::fused, as kernel_dims sets it).
+            if (fixed_sizes && d.P == 4 && d.L == 4 && d.C == 32 && (d.D == 128 || d.D == 64)) {
+                d.fused = true;
+                const std::size_t bytes = layout();
                 if (d.D == 128) return launch_sized<T, Fixed<128, 4, 4, 32>>(pass, grid, bytes, a);
-                if (d.D == 64) return launch_sized<T, Fixed<64, 4, 4, 32>>(pass, grid, bytes, a);
+                return launch_sized<T, Fixed<64, 4, 4, 32>>(pass, grid, bytes, a);
             }
         }
-        launch_sized<T, Runtime>(pass, grid, bytes, a);
+        d.fused = false;
+        launch_sized<T, Runtime>(pass, grid, layout(), a);
     }
     template <class T, class F>
     void launch_sized(Pass pass, dim3 grid, std::size_t bytes, const SegmentArgs<T>& a) {

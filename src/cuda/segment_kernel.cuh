@@ -113,6 +113,7 @@ __device__ __forceinline__ Dims kernel_dims(const Dims& in) {
         d.C = F::C;
         d.tc = true;
         d.Wg = (F::D + 1 + 15) / 16 * 16;
+        d.fused = true;
     }
     return d;
 }
@@ -155,6 +156,9 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
     float* dz2 = smem + L.dz2;
     // Phi': phi(Q) itself for the kernel normalisation.
     float* phe = d.bucket ? pht : phq;
+    // v6: the fused feature map's partial tiles (segment_layout.hpp): in rr where the bucket
+    // normalisation has one (written only after both feature maps of a chunk), else in sig.
+    float* part = pass != Pass::key_state && d.bucket ? rr : sig;
 
     // Zero everything once: padding columns of the [.., D+1] tiles must stay zero.
     for (std::size_t e = threadIdx.x; e < L.total; e += kBlockThreads) smem[e] = 0.0f;
@@ -228,8 +232,10 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             }
         }
         if (need_g || need_keys) __syncthreads();  // rows in X, V, Wm
-        if (need_keys)
-            feature_map<TC, PR>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
+        if (need_keys) {
+            if constexpr (F::on) feature_map_fixed<F::D, F::L, F::P, F::C>(X, L.ldD, Wp, uk, L.ldLP, part, phk, L.ldM, n, d.beta);
+            else feature_map<TC, PR>(X, L.ldD, Wp, uk, L.ldLP, sig, L.ldSig, phk, L.ldM, C, n, D, d.L, d.P, d.beta);
+        }
 
         if (need_q) {
             if (vec) {
@@ -238,7 +244,8 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             } else {
                 load_rows(X, L.ldD, a.q, row0, row_stride, D, C, n, false);
             }
-            feature_map<TC, PR>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
+            if constexpr (F::on) feature_map_fixed<F::D, F::L, F::P, F::C>(X, L.ldD, Wp, uq, L.ldLP, part, phq, L.ldM, n, d.beta);
+            else feature_map<TC, PR>(X, L.ldD, Wp, uq, L.ldLP, sig, L.ldSig, phq, L.ldM, C, n, D, d.L, d.P, d.beta);
             if (d.bucket) {
                 // r_i[m] = 1 / (A_i[m] + eps), A_i the bucket counts visible to query i.
                 for (int m = threadIdx.x; m < M; m += kBlockThreads) {

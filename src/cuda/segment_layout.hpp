@@ -3,6 +3,7 @@
 // walks through a tile hit distinct banks.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 
 namespace racesp::cuda {
@@ -17,6 +18,7 @@ struct Dims {
     bool tc;  // bf16/fp16 inputs: tile products on tensor cores (TF32), tiles laid out for WMMA
     int Wg;   // columns of the [.., D+1] tiles in products: D+1, rounded up to 16 with tc (zero pad)
     bool vec; // token rows move as 16-byte vectors, fetched one chunk ahead (block_ops.cuh, v4)
+    bool fused; // v6: the Fixed kernels' feature map (split-k projection, fused sigmoid + phi)
 };
 
 // Whether a pass reads the chunk's keys and values: the key totals, every causal pass (intra-chunk
@@ -27,6 +29,9 @@ __host__ __device__ inline bool pass_needs_keys(const Dims& d, Pass pass) {
 }
 
 constexpr int kBlockThreads = 512;
+// v6: the fused feature map splits the projection X Wp^T over this many groups of the D axis,
+// one warp per (16-row tile, group); its partial tiles (16 x 16 floats each) live in `sig`.
+constexpr int kProjGroups = 4;
 
 // Offsets in floats into the block's dynamic shared memory; 0 size when a pass does not use it.
 struct Layout {
@@ -68,7 +73,12 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.Wm = grad ? take(C * l.ldW) : 0;
     l.uq = fwd_like ? take(C * l.ldLP) : 0;
     l.uk = keys ? take(C * l.ldLP) : 0;
-    l.sig = take(C * l.ldSig);
+    // v6 (fused): the projection's partial tiles, kProjGroups x C/16 tiles of 16 x 16 (LP = 16),
+    // here, except where the bucket normalisation's r tile (C x M >= that, dead while the feature
+    // maps run) holds them: the non-causal bucket backward at D=128 has no 3.9 KB to spare.
+    const bool part_in_r = fwd_like && d.bucket;
+    l.sig = take(d.fused && !part_in_r ? std::max<std::size_t>(C * l.ldSig, std::size_t(kProjGroups) * C * 16)
+                                       : C * l.ldSig);
     l.phq = fwd_like ? take(C * l.ldM) : 0;
     l.phk = keys ? take(C * l.ldM) : 0;
     l.pht = fwd_like && d.bucket ? take(C * l.ldM) : 0;

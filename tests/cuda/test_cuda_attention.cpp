@@ -213,6 +213,12 @@ TEST(CudaVsCpu, SameOutputsAndGradients) {
 // other places (once when a tile is written, not at every product step) to the same TF32 values,
 // so they agree to float32 rounding, far tighter than the 2e-2 held against float64; an indexing
 // or ordering fault would not.
+// v6: the Fixed kernels' feature map sums the projection u in four partial tiles, so u (not phi's
+// product order) differs in its last bits; that moves some phi values across a TF32 rounding
+// boundary and some bf16/fp16 outputs by one unit, and a norm-wise error over outputs rounded to
+// a unit e = 2^-8 grows like sqrt(delta * e) for a float32 difference delta: the v6 device run
+// printed o 0.8-1.8e-4, dq/dk/dv 1.1-6.2e-4 (bf16, D 64/128). Held to 2e-3: ten times under the
+// float64 tolerance, and far under the O(1) of an indexing fault.
 TEST(CudaFixedSizes, SameAsRunTimeSizes) {
     SKIP_WITHOUT_GPU();
     for (DType dt : {DType::bf16, DType::f16})
@@ -235,7 +241,7 @@ TEST(CudaFixedSizes, SameAsRunTimeSizes) {
                                         std::abs(fixed.dbeta - runtime.dbeta) / std::max(1.0, std::abs(runtime.dbeta))};
                     std::printf("  %s fixed vs run-time sizes: o %.2e dq %.2e dk %.2e dv %.2e dbeta %.2e\n",
                                 name(c).c_str(), e[0], e[1], e[2], e[3], e[4]);
-                    for (double x : e) EXPECT_LT(x, 1e-4);
+                    for (double x : e) EXPECT_LT(x, 2e-3);
                 }
 }
 
