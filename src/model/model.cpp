@@ -58,7 +58,12 @@ std::vector<float> initial_parameters(const ModelConfig& c, const ParameterLayou
     std::vector<float> p(static_cast<std::size_t>(layout.size()));
     const double w = c.width;
     // Standard deviation per tensor: 0.02 for the (tied) embedding, 1/sqrt(fan-in) for
-    // projections, divided by sqrt(2 layers) for those that feed the residual stream.
+    // projections, divided by sqrt(2 layers) for those that feed the residual stream. The query
+    // and key columns of wqkv get another 1/sqrt(head dim): the attention hashes them through
+    // z = W q with N(0,1) planes (no 1/sqrt(D) inside), so q of unit-variance entries would give
+    // z of standard deviation sqrt(D) and saturate u = tanh(z) for most planes at the start, where
+    // the gradient through tanh vanishes and the tokens' hash codes stay frozen at random; with
+    // |q| ~ 1, z starts near N(0, 1).
     const std::uint64_t seed = c.seed ^ 0x5eed5eed5eed5eedull;
     std::int64_t index = 0;
     for (const ParameterTensor& t : layout.tensors()) {
@@ -74,7 +79,12 @@ std::vector<float> initial_parameters(const ModelConfig& c, const ParameterLayou
             float& v = p[static_cast<std::size_t>(t.offset + i)];
             if (ends("log_beta")) v = static_cast<float>(std::log(c.beta));
             else if (std == 0) v = 1.0f;  // norms
-            else v = static_cast<float>(std * plane_entry(seed, index, 0, 0, i));
+            else {
+                // wqkv is [C x 3C]: columns 0..C-1 are q, C..2C-1 k, 2C..3C-1 v.
+                const bool query_or_key = ends("wqkv") && i % (3 * std::int64_t{c.width}) < 2 * std::int64_t{c.width};
+                const double scale = query_or_key ? 1 / std::sqrt(double(c.head_dim())) : 1.0;
+                v = static_cast<float>(scale * std * plane_entry(seed, index, 0, 0, i));
+            }
         }
         ++index;
     }
