@@ -46,7 +46,7 @@ po::options_description generate_options(GenerateArgs& a) {
         ("heads", po::value<std::int64_t>(&a.heads)->value_name("H"), "heads (required for qkv)")
         ("dim", po::value<std::int64_t>(&a.dim)->value_name("D"), "head dimension (required for qkv)")
         ("pairs", po::value<std::int64_t>(&a.pairs)->default_value(a.pairs)->value_name("K"),
-         "recall: key-value pairs per sequence (1..26)")
+         "recall: key-value pairs per sequence (1..12)")
         ("val-batch", po::value<std::int64_t>(&a.val_batch)->default_value(0, "batch/10, at least 1")->value_name("N"),
          "recall: validation sequences")
         ("seed", po::value<Seed>(&a.seed)->default_value(a.seed, "0")->value_name("S"), "seed of the values")
