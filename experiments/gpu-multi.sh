@@ -7,8 +7,9 @@
 #   studies  run_study.py weak (8M tokens per GPU), strong (32M tokens) and collectives (state
 #            sizes H = 1, 4, 16, 64 at 64K tokens per GPU) on 1, 2, 4 ... GPUs, bf16, B=1, D=128,
 #            P=4, L=4; results packed into $OUT/studies-<name>.tgz (unpack under experiments/results)
-#   train    experiments/train-gpu-measure.sh on every GPU: tokens/s at 1M tokens (sp and dp) and
-#            the longest sequence that trains (LENGTHS), into $OUT/train-r<GPUS>.{jsonl,log}
+#   train    experiments/train-measure.sh on every GPU: tokens/s at 1M tokens (sp and dp) and
+#            the longest sequence that trains (LENGTHS; TRAIN_TIMEOUT bounds the part, default 300 s),
+#            into $OUT/train-r<GPUS>.{jsonl,log}
 #   experiments/gpu-multi.sh build tests studies train
 # NAME (default h200x<GPUS>) prefixes the study folders. Each part is time-limited.
 set -uo pipefail
@@ -41,7 +42,7 @@ for part in $parts; do
       echo "studies: done at ${SECONDS}s" ;;
     train)
       OUT=$out RUN_TIMEOUT=${RUN_TIMEOUT:-90} LENGTHS=${LENGTHS:-"4M 4.5M 5M 8M 9M 10M"} \
-        RACESP_BIN=build-gpu/src/cli/racesp timeout 300 experiments/train-gpu-measure.sh "$gpus" >"$out/train.log" 2>&1
+        RACESP_BIN=build-gpu/src/cli/racesp timeout "${TRAIN_TIMEOUT:-300}" experiments/train-measure.sh "$gpus" >"$out/train.log" 2>&1
       echo "train: exit $? at ${SECONDS}s"
       cut -c1-400 "$out/train-r$gpus.jsonl" 2>/dev/null ;;
     *) echo "gpu-multi.sh: unknown part '$part' (build, tests, studies, train)" >&2; exit 2 ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call on an H200 host for racesp train --device cuda: build racesp and the GPU model
-# tests, run the model tests, the training measurement (experiments/train-gpu-measure.sh 1) and
+# tests, run the model tests, the training measurement (experiments/train-measure.sh 1) and
 # the end-to-end train tests. Each part is time-limited; logs go to $OUT. Run it after
 # `source .devdeps/setup.sh` (shared/device/README.md), from the checkout's root:
 #   experiments/train-gpu-h200.sh [build|tests|measure|cli ...]   (default: all four in order)
@@ -31,7 +31,7 @@ for part in $parts; do
       grep -E "^\[  (PASSED|FAILED|SKIPPED) |rel error|Failure|Expected|Which is|gradient of|loss gpu" "$OUT/model-tests.log" | head -40 ;;
     measure)
       RUN_TIMEOUT=${RUN_TIMEOUT:-70} RACESP_BIN=build-gpu/src/cli/racesp timeout "$(left 200 "$reserve")" \
-        experiments/train-gpu-measure.sh 1 \
+        experiments/train-measure.sh 1 \
         >"$OUT/measure.log" 2>&1
       echo "measure: exit $? at ${SECONDS}s"
       cut -c1-600 "$OUT/train-r1.jsonl" 2>/dev/null; tail -3 "$OUT/measure.log" ;;
