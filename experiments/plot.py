@@ -204,7 +204,8 @@ def plot_memory(recs, path, where):
 
 
 def plot_scaling(recs, path):
-    """Weak: series with one tokens_per_rank over several rank counts; strong: one total length."""
+    """Weak: series with one tokens_per_rank over several rank counts; strong: one total length,
+    against the fewest ranks it was measured on (p0)."""
     weak, strong = defaultdict(dict), defaultdict(dict)
     for r in recs:
         if not r["median_s"] or r["oom"] or "longest" in r["method"] or r["study"] in ("collectives", "pl"):
@@ -216,19 +217,23 @@ def plot_scaling(recs, path):
     drawn = [0, 0]
     for ax, table, kind, idx in ((axes[0], weak, "weak", 0), (axes[1], strong, "strong", 1)):
         for i, (key, by_p) in enumerate(sorted(table.items(), key=lambda kv: str(kv[0]))):
-            if 1 not in by_p or len(by_p) < 2:
+            if len(by_p) < 2:
                 continue
+            # Against the fewest ranks measured: 1, or more where the length does not fit one rank.
             ps = sorted(by_p)
-            t1 = by_p[1]["median_s"]
-            eff = [t1 / by_p[p]["median_s"] if kind == "weak" else t1 / (p * by_p[p]["median_s"]) for p in ps]
+            p0, t0 = ps[0], by_p[ps[0]]["median_s"]
+            if kind == "weak" and p0 != 1:
+                continue
+            eff = [t0 / by_p[p]["median_s"] if kind == "weak" else p0 * t0 / (p * by_p[p]["median_s"]) for p in ps]
             machine, method, causal, heads, dim, file, tokens = key
-            what = f"{tokens:,.0f} tokens/rank" if kind == "weak" else f"{tokens:,.0f} tokens"
+            what = f"{tokens:,.0f} tokens/rank" if kind == "weak" else \
+                f"{tokens:,.0f} tokens" + (f", from {p0} ranks" if p0 != 1 else "")
             ax.plot(ps, eff, marker="os^vD<>"[i % 7], linestyle="-" if causal else "--",
                     label=f"{method}, {'causal' if causal else 'non-causal'}, {what} ({file})\n  [{machine}]")
             drawn[idx] += 1
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ranks (sequence-parallel)")
-        ax.set_ylabel("weak efficiency T(1) / T(p)" if kind == "weak" else "strong efficiency T(1) / (p T(p))")
+        ax.set_ylabel("weak efficiency T(1) / T(p)" if kind == "weak" else "strong efficiency p0 T(p0) / (p T(p))")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_ylim(0, 1.15)
         ax.grid(True, which="both", alpha=0.3)
