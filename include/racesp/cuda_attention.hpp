@@ -105,14 +105,23 @@ public:
     // causal), `combine_queries` likewise for the backward (Allreduce, or reverse Exscan). The
     // per-call methods above recompute the causal segment totals on every call; these reuse them
     // (causal: key totals once instead of five times, query totals once instead of twice).
+    //
+    // KeyTotals::keep: forward_step keeps its combined key totals in the engine, and the next
+    // backward_step with KeyTotals::reuse over the same k and v buffers (same addresses, shape and
+    // type) takes them instead of recomputing them and calling `combine_keys` again: the caller
+    // promises that the contents of k and v did not change in between. Any other call that
+    // computes key totals drops what was kept; reuse with nothing matching kept throws Error.
     using StateCollective = std::function<void(DeviceState&)>;
+    enum class KeyTotals { recompute, keep, reuse };
     void forward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                      const DeviceTensor& o, const StateCollective& combine_keys);
+                      const DeviceTensor& o, const StateCollective& combine_keys,
+                      KeyTotals key_totals = KeyTotals::recompute);
     // Returns this shard's part of dL/dbeta.
     double backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                          const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
                          const DeviceTensor& dv, const StateCollective& combine_keys,
-                         const StateCollective& combine_queries);
+                         const StateCollective& combine_queries,
+                         KeyTotals key_totals = KeyTotals::recompute);
 
     // Single-device attention over whole sequences.
     void attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,

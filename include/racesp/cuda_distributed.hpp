@@ -35,14 +35,16 @@ private:
 };
 
 // Device-level steps on this rank's shard, already on the device. `sp` sums device states over
-// the sequence-parallel group. Both wait for the device before returning.
+// the sequence-parallel group. Both wait for the device before returning. `key_totals`: see
+// Engine::forward_step (keep in the forward, reuse in a backward over unchanged k and v).
 StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const DeviceTensor& q,
-                                     const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o);
+                                     const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o,
+                                     Engine::KeyTotals key_totals = Engine::KeyTotals::recompute);
 // dbeta: dL/dbeta summed over `world` (MPI_Allreduce), identical on every rank.
 StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm world, const DeviceTensor& q,
                                       const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& dout,
                                       const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
-                                      double& dbeta);
+                                      double& dbeta, Engine::KeyTotals key_totals = Engine::KeyTotals::recompute);
 
 // The local GPU for this MPI rank: the rank's index among the ranks of its node
 // (MPI_Comm_split_type, collective over `comm`) modulo the device count. Calls cudaSetDevice and

@@ -219,6 +219,19 @@ struct Engine::Impl {
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
+    // Key totals kept by forward_step for a backward_step over the same k and v: kept_s is the
+    // combined state; when causal, seg_s still holds every segment's start state.
+    struct KeptKeys {
+        bool valid = false;
+        const void* k = nullptr;  // null for an empty shard, so `valid` says whether anything is kept
+        const void* v = nullptr;
+        Shape shape;
+        DType dtype = DType::f32;
+        bool matches(const DeviceTensor& k2, const DeviceTensor& v2) const {
+            return valid && k == k2.data && v == v2.data && shape == k2.shape && dtype == k2.dtype;
+        }
+    } kept;
+    DeviceState kept_s;
     // Set only inside forward_step / backward_step: seg_s already holds the forward start state of
     // every segment, seg_u the backward one (causal), for the tensors of this step.
     bool starts_ready = false, u_starts_ready = false;
@@ -247,6 +260,7 @@ struct Engine::Impl {
             return {glob_s.data(), 0};
         }
         if (starts_ready) return {seg_s.data(), state_size()};
+        kept = {};  // seg_s is about to change
         seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * state_size()));
         Tensors t;
         t.k = &k;
@@ -335,6 +349,7 @@ void Engine::key_state(const DeviceTensor& k, const DeviceTensor& v, DeviceState
     m.check_state(out, k.shape, "out");
     const Dims d = m.dims(k.shape, k.dtype);
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
+    m.kept = {};  // seg_s is about to change
     m.seg_s.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
     Impl::Tensors t;
     t.k = &k;
@@ -440,7 +455,7 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
 }
 
 void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                          const DeviceTensor& o, const StateCollective& combine_keys) {
+                          const DeviceTensor& o, const StateCollective& combine_keys, KeyTotals key_totals) {
     Impl& m = *impl_;
     Impl::ReadyGuard guard{m};
     DeviceState s = make_state(k.shape);
@@ -453,26 +468,39 @@ void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const De
         m.starts_ready = true;
     }
     forward(q, k, v, s, o);
-    CUDA_CHECK(cudaStreamSynchronize(m.stream));  // s is freed on return
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));  // s is freed on return, unless kept
+    if (key_totals == KeyTotals::keep) {
+        m.kept_s = std::move(s);
+        m.kept = {true, k.data, v.data, k.shape, k.dtype};
+    }
 }
 
 double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                              const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
                              const DeviceTensor& dv, const StateCollective& combine_keys,
-                             const StateCollective& combine_queries) {
+                             const StateCollective& combine_queries, KeyTotals key_totals) {
     Impl& m = *impl_;
     Impl::ReadyGuard guard{m};
     const bool causal = m.config.causal && k.shape.tokens > 0;
     const Dims d = m.dims(k.shape, k.dtype);
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
-    DeviceState s = make_state(k.shape);
-    DeviceState u = make_state(k.shape);
-    key_state(k, v, s);
-    combine_keys(s);
-    if (causal) {
-        exclusive_scan_segments(m.seg_s.data(), s.data(), seqs, d.nseg, m.state_size(), m.stream);
-        m.starts_ready = true;
+    DeviceState s;
+    if (key_totals == KeyTotals::reuse) {
+        // An error rather than a silent recomputation: that would call combine_keys on this rank
+        // only, and the ranks' collectives would no longer pair up.
+        if (!m.kept.matches(k, v))
+            throw Error("backward_step: KeyTotals::reuse without a forward_step(KeyTotals::keep) over the same k "
+                        "and v just before");
+        s = std::move(m.kept_s);  // and seg_s holds the segment starts (causal)
+    } else {
+        s = make_state(k.shape);
+        key_state(k, v, s);
+        combine_keys(s);
+        if (causal) exclusive_scan_segments(m.seg_s.data(), s.data(), seqs, d.nseg, m.state_size(), m.stream);
     }
+    m.kept = {};  // taken, or no longer matching
+    m.starts_ready = causal;
+    DeviceState u = make_state(k.shape);
     query_state(q, k, v, dout, s, u);  // seg_u: the query totals of every segment
     combine_queries(u);
     if (causal) {

@@ -153,14 +153,18 @@ void StagedCollectives::reverse_exscan_sum(double* data, std::int64_t count) {
 // ---- device-level steps ----
 
 StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const DeviceTensor& q,
-                                     const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o) {
+                                     const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o,
+                                     Engine::KeyTotals key_totals) {
     StepTimes t;
     const double t0 = now();
     const bool causal = engine.config().causal;
-    engine.forward_step(q, k, v, o, [&](DeviceState& s) {
-        if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
-        else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
-    });
+    engine.forward_step(
+        q, k, v, o,
+        [&](DeviceState& s) {
+            if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
+            else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
+        },
+        key_totals);
     t.compute_s = now() - t0 - t.collective_s;
     return t;
 }
@@ -168,7 +172,7 @@ StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const Devi
 StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm world, const DeviceTensor& q,
                                       const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& dout,
                                       const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
-                                      double& dbeta) {
+                                      double& dbeta, Engine::KeyTotals key_totals) {
     StepTimes t;
     const double t0 = now();
     const bool causal = engine.config().causal;
@@ -181,7 +185,8 @@ StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm 
         [&](DeviceState& u) {
             if (causal) timed_collective(t, [&] { sp.reverse_exscan_sum(u.data(), u.size()); });
             else timed_collective(t, [&] { sp.allreduce_sum(u.data(), u.size()); });
-        });
+        },
+        key_totals);
     const double t1 = now();
     if (MPI_Allreduce(&local, &dbeta, 1, MPI_DOUBLE, MPI_SUM, world) != MPI_SUCCESS)
         throw Error("MPI error in MPI_Allreduce of dbeta");

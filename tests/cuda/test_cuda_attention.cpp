@@ -342,6 +342,77 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
         }
 }
 
+// A backward that reuses the forward's key totals (Engine::KeyTotals) gives the bits of one that
+// recomputes them (the kernels are deterministic: no atomics). A reuse request over other k, v
+// buffers, or after another call computed key totals, is refused (Error), and the engine then
+// still gives a fresh run's bits.
+TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
+    SKIP_WITHOUT_GPU();
+    using KT = cuda::Engine::KeyTotals;
+    for (DType dt : {DType::f32, DType::bf16})  // bf16 at D=128, P=4, L=4: the fixed-size kernels
+        for (bool causal : {false, true})
+            for (bool bucket : {false, true}) {
+                Case c{128, 4, 4, causal, bucket, dt};
+                c.T = 3001;  // several segments
+                c.B = 1;
+                SCOPED_TRACE(name(c));
+                const AttentionConfig cfg = config_of(c);
+                const Planes planes(cfg, c.H, c.D);
+                const Inputs in = make_inputs(c, 77), other = make_inputs(c, 78);
+                const GpuOut fresh = run_gpu(c, cfg, planes, in), fresh_other = run_gpu(c, cfg, planes, other);
+
+                cuda::Engine engine(cfg, planes);
+                const Shape s = in.shape;
+                GpuTensor q(s, dt), k(s, dt), v(s, dt), g(s, dt), k2(s, dt), v2(s, dt), q2(s, dt), g2(s, dt);
+                GpuTensor o(s, dt), dq(s, dt), dk(s, dt), dv(s, dt);
+                q.upload(in.q);
+                k.upload(in.k);
+                v.upload(in.v);
+                g.upload(in.dout);
+                q2.upload(other.q);
+                k2.upload(other.k);
+                v2.upload(other.v);
+                g2.upload(other.dout);
+                auto none = [&](cuda::DeviceState& x) { if (causal) x.zero(engine.stream()); };
+                auto expect_bits = [&](const GpuOut& want, double dbeta, const char* what) {
+                    SCOPED_TRACE(what);
+                    EXPECT_EQ(dq.download(), want.dq);
+                    EXPECT_EQ(dk.download(), want.dk);
+                    EXPECT_EQ(dv.download(), want.dv);
+                    EXPECT_EQ(dbeta, want.dbeta);
+                };
+
+                engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
+                EXPECT_EQ(o.download(), fresh.o);
+                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                                                        dv.view(), none, none, KT::reuse),
+                            "kept, then reused");
+
+                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                                                  dv.view(), none, none, KT::reuse),
+                             Error);  // taken by the first backward
+
+                engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
+                EXPECT_THROW(engine.backward_step(q2.view(), k2.view(), v2.view(), g2.view(), dq.view(), dk.view(),
+                                                  dv.view(), none, none, KT::reuse),
+                             Error);  // kept for other buffers
+                expect_bits(fresh_other, engine.backward_step(q2.view(), k2.view(), v2.view(), g2.view(), dq.view(),
+                                                              dk.view(), dv.view(), none, none, KT::recompute),
+                            "recomputed after a refused reuse");
+
+                engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
+                cuda::DeviceState scratch = engine.make_state(s);
+                engine.key_state(k2.view(), v2.view(), scratch);  // overwrites the segment totals
+                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                                                  dv.view(), none, none, KT::reuse),
+                             Error);
+                engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
+                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                                                        dv.view(), none, none, KT::reuse),
+                            "kept again after a refusal, then reused");
+            }
+}
+
 // A configuration whose state cannot fit in shared memory is refused with a clear error.
 TEST(CudaEngine, RefusesStatesTooLargeForSharedMemory) {
     SKIP_WITHOUT_GPU();

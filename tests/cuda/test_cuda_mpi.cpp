@@ -35,9 +35,11 @@ struct Outputs {
 };
 
 // Distributed forward + backward of one shard (B = 1: the shard is one contiguous block of rows);
-// dbeta is summed over `world`.
+// dbeta is summed over `world`. reuse_keys: the backward reuses the forward's key totals.
 Outputs run(cuda::Engine& engine, Collectives& sp, MPI_Comm world, const Shape& s, const std::vector<float>& q,
-            const std::vector<float>& k, const std::vector<float>& v, const std::vector<float>& g) {
+            const std::vector<float>& k, const std::vector<float>& v, const std::vector<float>& g,
+            bool reuse_keys) {
+    using KT = cuda::Engine::KeyTotals;
     GpuTensor tq(s, DType::f32), tk(s, DType::f32), tv(s, DType::f32), tg(s, DType::f32);
     GpuTensor o(s, DType::f32), dq(s, DType::f32), dk(s, DType::f32), dv(s, DType::f32);
     tq.upload(q);
@@ -46,9 +48,10 @@ Outputs run(cuda::Engine& engine, Collectives& sp, MPI_Comm world, const Shape& 
     tg.upload(g);
     for (auto* t : {&o, &dq, &dk, &dv}) t->poison();
     Outputs out;
-    cuda::device_distributed_forward(engine, sp, tq.view(), tk.view(), tv.view(), o.view());
+    cuda::device_distributed_forward(engine, sp, tq.view(), tk.view(), tv.view(), o.view(),
+                                     reuse_keys ? KT::keep : KT::recompute);
     cuda::device_distributed_backward(engine, sp, world, tq.view(), tk.view(), tv.view(), tg.view(), dq.view(),
-                                      dk.view(), dv.view(), out.dbeta);
+                                      dk.view(), dv.view(), out.dbeta, reuse_keys ? KT::reuse : KT::recompute);
     out.o = o.download();
     out.dq = dq.download();
     out.dk = dk.download();
@@ -56,7 +59,9 @@ Outputs run(cuda::Engine& engine, Collectives& sp, MPI_Comm world, const Shape& 
     return out;
 }
 
-void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) {
+// The sharded run reuses the forward's key totals in the backward where reuse_keys says so (the
+// one-rank reference always recomputes them).
+void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl, bool reuse_keys) {
     AttentionConfig cfg;
     cfg.planes = 4;
     cfg.tables = 3;
@@ -78,7 +83,7 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) 
     {
         MpiCollectives one(self);
         cuda::StagedCollectives staged(one);
-        ref = run(engine, staged, self, whole, q, k, v, g);  // dbeta summed over this rank alone
+        ref = run(engine, staged, self, whole, q, k, v, g, false);  // dbeta summed over this rank alone
     }
     // The shard of this rank.
     const TokenRange r = shard_range(T, world_rank(), world_size());
@@ -91,11 +96,11 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl) 
     double dbeta_ref = ref.dbeta;
     if (nccl) {
         cuda::NcclCollectives sp(MPI_COMM_WORLD, engine.stream());
-        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g));
+        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g), reuse_keys);
     } else {
         MpiCollectives host(MPI_COMM_WORLD);
         cuda::StagedCollectives sp(host);
-        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g));
+        got = run(engine, sp, MPI_COMM_WORLD, s, slice(q), slice(k), slice(v), slice(g), reuse_keys);
     }
     MPI_Comm_free(&self);
     const double gtol = causal && bucket ? 1e-3 : 1e-5;  // see grad_tolerance in test_cuda_attention.cpp
@@ -128,7 +133,7 @@ TEST_P(GpuRanks, EqualOneRank) {
     if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
     const auto [causal, bucket, nccl] = GetParam();
     for (std::int64_t T : {1001, 3})  // uneven shards; then fewer tokens than ranks (empty shards)
-        check_ranks_equal_one(causal, bucket, T, nccl);
+        for (bool reuse_keys : {false, true}) check_ranks_equal_one(causal, bucket, T, nccl, reuse_keys);
 }
 
 INSTANTIATE_TEST_SUITE_P(Gpu, GpuRanks,
