@@ -3,7 +3,8 @@
 // Median over --runs timed runs after --warmup untimed ones, timed with CUDA events; tokens/s
 // counts every token of the sequence; peak device memory from cudaMemGetInfo after the runs.
 // --max-tokens searches the longest sequence (per rank) for which one forward + backward fits.
-// collective_alone_s is the step's collectives alone, on state-sized device buffers after a
+// The backward reuses the forward's key totals (Engine::KeyTotals) unless --recompute-key-totals
+// is given. collective_alone_s is the step's collectives alone, on state-sized device buffers after a
 // barrier (as in racesp bench): their cost without the waiting for slower ranks that
 // collective_s includes; it feeds experiments/cost_model.py.
 #include <cuda_runtime.h>
@@ -42,6 +43,7 @@ struct Bench {
     int runs = 5, warmup = 1;
     EngineOptions engine;
     std::string collectives = "nccl";
+    bool recompute_key_totals = false;  // the backward recomputes S and its collective
 };
 
 // The eight token buffers of one shard.
@@ -70,9 +72,9 @@ struct Timing {
     std::size_t used_bytes = 0;
 };
 
-// The collectives of one forward + backward step (S twice and U once: scans when causal,
-// allreduces otherwise), median over `runs`, each after a barrier and timed to the end of the
-// slowest rank's stream.
+// The collectives of one forward + backward step (S once, or twice when the backward recomputes
+// it, and U once: scans when causal, allreduces otherwise), median over `runs`, each after a
+// barrier and timed to the end of the slowest rank's stream.
 double collectives_alone(const Bench& b, Collectives& sp, cudaStream_t stream) {
     const std::int64_t count = b.batch * b.heads * b.config.features() * (b.dim + 1);
     DeviceBuffer<double> state(static_cast<std::size_t>(count));
@@ -82,7 +84,7 @@ double collectives_alone(const Bench& b, Collectives& sp, cudaStream_t stream) {
     for (int r = 0; r < b.warmup + b.runs; ++r) {
         MPI_Barrier(MPI_COMM_WORLD);
         const double t0 = MPI_Wtime();
-        for (int pass = 0; pass < 2; ++pass) {
+        for (int pass = 0; pass < (b.recompute_key_totals ? 2 : 1); ++pass) {
             if (b.config.causal) sp.exscan_sum(state.data(), count);
             else sp.allreduce_sum(state.data(), count);
         }
@@ -111,10 +113,14 @@ Timing run_config(const Bench& b, Collectives& sp, std::int64_t local_tokens) {
         MPI_Barrier(MPI_COMM_WORLD);
         double dbeta = 0;
         CUDA_CHECK(cudaEventRecord(e0, engine.stream()));
-        const StepTimes tf = device_distributed_forward(engine, sp, buf.q, buf.k, buf.v, buf.o);
+        const StepTimes tf = device_distributed_forward(engine, sp, buf.q, buf.k, buf.v, buf.o,
+                                                        b.recompute_key_totals ? Engine::KeyTotals::recompute
+                                                                               : Engine::KeyTotals::keep);
         CUDA_CHECK(cudaEventRecord(e1, engine.stream()));
         const StepTimes tb = device_distributed_backward(engine, sp, MPI_COMM_WORLD, buf.q, buf.k, buf.v, buf.dout,
-                                                         buf.dq, buf.dk, buf.dv, dbeta);
+                                                         buf.dq, buf.dk, buf.dv, dbeta,
+                                                         b.recompute_key_totals ? Engine::KeyTotals::recompute
+                                                                                : Engine::KeyTotals::reuse);
         CUDA_CHECK(cudaEventRecord(e2, engine.stream()));
         CUDA_CHECK(cudaEventSynchronize(e2));
         float ms_all = 0, ms_fwd = 0;
@@ -202,6 +208,8 @@ int main(int argc, char** argv) {
             ("chunk", po::value(&b.engine.chunk)->default_value(0), "tokens per chunk (0: auto)")
             ("segment-chunks", po::value(&b.engine.segment_chunks)->default_value(32), "chunks per segment")
             ("collectives", po::value(&b.collectives)->default_value("nccl"), "nccl|mpi (MPI through pinned host memory)")
+            ("recompute-key-totals", po::bool_switch(&b.recompute_key_totals),
+             "the backward recomputes the key totals instead of reusing the forward's")
             ("max-tokens", po::bool_switch(&max_tokens), "search the longest sequence that fits")
             ("out", po::value(&out_file), "also append the JSON lines to this file");
         po::variables_map vm;
@@ -297,6 +305,7 @@ int main(int argc, char** argv) {
                 j["causal"] = causal;
                 j["dtype"] = to_string(b.dtype);
                 j["chunk"] = b.engine.chunk;
+                j["key_totals"] = b.recompute_key_totals ? "recomputed" : "reused";
                 j["runs"] = max_tokens ? 1 : b.runs;
                 j["median_s"] = t.median_s;
                 j["min_s"] = t.min_s;
