@@ -3,7 +3,8 @@
 
 One forward + backward step moves 3 state collectives over the sequence-parallel group (causal:
 exclusive scan of S in the forward, of S again and reverse scan of U in the backward; non-causal:
-3 allreduces) plus one scalar allreduce (dbeta). A state is n = B * H * M * (D + 1) * 8 bytes
+3 allreduces) plus one scalar allreduce (dbeta); 2 where the backward reuses the forward's key
+totals (racesp_cuda_bench from v7 on, "key_totals": "reused": latencies 2/3 of the tables'). A state is n = B * H * M * (D + 1) * 8 bytes
 (M = L * 2^P features, float64), independent of the sequence length. For p ranks and a message
 cost m(n) = alpha + n * beta:
 
@@ -135,6 +136,11 @@ def state_bytes(d):
     return d.get("state_bytes") or d["batch"] * d["heads"] * d["tables"] * 2 ** d["planes"] * (d["dim"] + 1) * 8
 
 
+def per_step(d):
+    """State collectives in the measured step: 2 where the backward reused the key totals."""
+    return 2 if d.get("key_totals") == "reused" else COLLECTIVES_PER_STEP
+
+
 def gpu_collective_s(d):
     """The collectives alone after a barrier where the bench measured them, else collective_s."""
     return d.get("collective_alone_s", d["collective_s"])
@@ -154,7 +160,7 @@ def fit_gpu_sizes(results):
     use = [d for d in lines if d["ranks"] > 1 and state_bytes(d) in one]
     if len({state_bytes(d) for d in use}) < 2:
         return None
-    rows = [[COLLECTIVES_PER_STEP * rounds(d["ranks"]), COLLECTIVES_PER_STEP * rounds(d["ranks"]) * state_bytes(d)] for d in use]
+    rows = [[per_step(d) * rounds(d["ranks"]), per_step(d) * rounds(d["ranks"]) * state_bytes(d)] for d in use]
     ys = [max(gpu_collective_s(d) - one[state_bytes(d)], 1e-9) for d in use]
     alpha, beta = least_squares(rows, ys, [1 / y ** 2 for y in ys])
     return {"alpha_s": alpha, "beta_s_per_byte": beta, "bandwidth_GBps": 1e-9 / beta if beta > 0 else None,
