@@ -17,36 +17,13 @@
 #include <nlohmann/json.hpp>
 
 #include "harness.hpp"
+#include "train_helpers.hpp"
 #include "racesp/cuda_attention.hpp"
 
 namespace racesp::clitest {
 namespace {
 
 const int env_ready = ::setenv("OPENBLAS_NUM_THREADS", "1", 1) + ::setenv("NCCL_NVLS_ENABLE", "0", 1);
-
-// About `bytes` of word-like text, the same every time.
-void write_text(const fs::path& path, std::size_t bytes, std::uint32_t seed) {
-    const char* words[] = {"race", "attention", "shard", "rank", "token", "state", "bucket", "plane", "hash",
-                           "sequence", "model", "train", "the", "of", "and", "a"};
-    std::ofstream out(path);
-    std::uint32_t x = seed;
-    std::size_t written = 0;
-    while (written < bytes) {
-        x = x * 1664525u + 1013904223u;
-        std::string w = words[(x >> 24) % 16];
-        w += (x >> 8) % 7 == 0 ? ".\n" : " ";
-        out << w;
-        written += w.size();
-    }
-}
-
-std::vector<double> losses(const fs::path& metrics) {
-    std::vector<double> out;
-    std::ifstream in(metrics);
-    std::string line;
-    while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
-    return out;
-}
 
 int gpus() { return cuda::device_count(); }
 
