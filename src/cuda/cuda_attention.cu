@@ -187,6 +187,9 @@ struct Engine::Impl {
     // v5 kernels with compile-time sizes for the common configuration; RACESP_CUDA_FIXED=0 turns
     // them off (every size a run-time value, the v4 kernels, for comparisons).
     bool fixed_sizes = true;
+    // v8: a non-causal backward_step computes dq in the query totals pass; RACESP_CUDA_SPLIT_DQ=0
+    // turns it off (the v7 passes, for comparisons).
+    bool split_dq_on = true;
     template <class T>
     bool vec_ok(const Dims& d, const Tensors& t) const {
         if (!vec_rows || d.D % VecTraits<T>::EPV != 0 || d.C * d.D > kVecChunkElems) return false;
@@ -216,6 +219,7 @@ struct Engine::Impl {
         a.u_seg_stride = u_stride;
         a.u_end = u_end;
         a.dbeta_part = dbeta_part.data();
+        a.split_dq = split_dq != nullptr;
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
@@ -235,9 +239,15 @@ struct Engine::Impl {
     // Set only inside forward_step / backward_step: seg_s already holds the forward start state of
     // every segment, seg_u the backward one (causal), for the tensors of this step.
     bool starts_ready = false, u_starts_ready = false;
+    // Set only inside a non-causal backward_step (v8): the query totals pass also writes dq here
+    // (and the queries' part of dbeta), and the backward pass computes only the keys' side.
+    const DeviceTensor* split_dq = nullptr;
     struct ReadyGuard {
         Impl& m;
-        ~ReadyGuard() { m.starts_ready = m.u_starts_ready = false; }
+        ~ReadyGuard() {
+            m.starts_ready = m.u_starts_ready = false;
+            m.split_dq = nullptr;
+        }
     };
     void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
              const float* s_start, long long s_stride, const float* u_start = nullptr, long long u_stride = 0) {
@@ -279,6 +289,7 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     m.options = options;
     if (const char* v = std::getenv("RACESP_CUDA_VEC")) m.vec_rows = std::strcmp(v, "0") != 0;
     if (const char* v = std::getenv("RACESP_CUDA_FIXED")) m.fixed_sizes = std::strcmp(v, "0") != 0;
+    if (const char* v = std::getenv("RACESP_CUDA_SPLIT_DQ")) m.split_dq_on = std::strcmp(v, "0") != 0;
     m.heads = planes.heads();
     m.dim = planes.dim();
     if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)
@@ -394,6 +405,11 @@ void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const Dev
     t.k = &k;
     t.v = &v;
     t.dout = &dout;
+    if (m.split_dq) {
+        m.check(k.shape, *m.split_dq, k.dtype, "dq");
+        t.dq = m.split_dq;
+        m.dbeta_part.reserve(seqs * d.nseg);
+    }
     m.run(Pass::query_state, k.dtype, d, t, k.shape.batch, m.seg_u.data(), s_start, s_stride);
     sum_segments(m.seg_u.data(), out.data(), seqs, d.nseg, m.state_size(), m.stream);
 }
@@ -500,6 +516,7 @@ double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const
     }
     m.kept = {};  // taken, or no longer matching
     m.starts_ready = causal;
+    if (!m.config.causal && m.split_dq_on) m.split_dq = &dq;  // v8: dq from the query totals pass
     DeviceState u = make_state(k.shape);
     query_state(q, k, v, dout, s, u);  // seg_u: the query totals of every segment
     combine_queries(u);

@@ -20,6 +20,10 @@
 // dimensions are immediates. In those kernels the tiles that are read only as tensor-core
 // operands hold TF32 values from the moment they are written (Wp, Wm, dz, att, p2; token rows are
 // exact in TF32 already), so the products skip most per-step conversions (same bits as v4).
+//
+// v8 (non-causal, `split_dq`): dq depends on q, dout and S only, not on U, so the query totals
+// pass, which computes phi(q), Phi' S and Wm anyway, also computes dL/dphi(q) and dq; the backward
+// pass then does only the keys' side (dk, dv) and reads no q or dout rows.
 #pragma once
 
 #include <type_traits>
@@ -49,6 +53,7 @@ struct SegmentArgs {
     long long u_seg_stride;
     const float* u_end;       // causal backward: the state after the shard (incoming), [B, H, M, W]
     double* dbeta_part;       // backward: one float64 per block
+    bool split_dq;            // v8, non-causal: query totals also give dq; the backward the keys' side only
 };
 
 // State tile (M x W, padded) from/to a contiguous M*W block. The loads go out in batches of 8 per
@@ -179,9 +184,13 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
 
     const int seg_begin = seg * d.NS;
     const int seg_end = min(d.T, seg_begin + d.NS);
+    // v8: which pass computes dq (and the queries' part of dbeta).
+    const bool split = a.split_dq && !d.causal;
+    const bool dq_here = pass == (split ? Pass::query_state : Pass::backward);
+    const bool keys_only = pass == Pass::backward && split;
     const bool need_keys = pass_needs_keys(d, pass);
-    const bool need_q = pass != Pass::key_state;
-    const bool need_g = pass == Pass::query_state || pass == Pass::backward;
+    const bool need_q = pass != Pass::key_state && !keys_only;
+    const bool need_g = (pass == Pass::query_state || pass == Pass::backward) && !keys_only;
     const bool vec = d.vec;
     auto row_of = [&](int t) {
         return (static_cast<long long>(b) * d.T + t) * row_stride + static_cast<long long>(h) * D;
@@ -298,9 +307,9 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
                 }
                 __syncthreads();  // Wm final; num free
             }
-            // dL/dphi(q) is needed by the backward and, for the A column of U, by bucket query
-            // totals; kernel query totals need only Phi' and Wm (v3 computed it there too).
-            if (pass == Pass::backward || d.bucket) {
+            // dL/dphi(q) is needed for dq and, for the A column of U, by bucket query totals;
+            // kernel query totals without dq need only Phi' and Wm (v3 computed it there too).
+            if (dq_here || d.bucket) {
                 // H' = Wm S^T + mask(Wm [V,1]^T) phi(K): dL/dphi(q) (kernel), or G . B_i[m] (bucket).
                 gemm<Into::set, TC, PR>(C, M, Wg, Wm, L.ldW, 1, S, 1, L.ldW, dphq, L.ldM);
                 if (d.causal) gemm<Into::set, TC, PR, PR, PR>(C, C, Wg, Wm, L.ldW, 1, V, 1, L.ldW, p2, L.ldC, 8, true);
@@ -326,11 +335,28 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             }
         }
 
+        if (keys_only) {
+            // v8: dL/dphi(k_j) = U [v_j, 1] and dv_j = phi(k_j) U[:, :D] (as bwd_nc above).
+            gemm<Into::set, TC, PR>(C, M, Wg, V, L.ldW, 1, U, 1, L.ldW, dphk, L.ldM, 8);
+            gemm<Into::set, TC>(C, D, M, phk, L.ldM, 1, U, L.ldW, 1, num, L.ldW);
+            __syncthreads();  // dphk, num
+        }
+
         if (pass == Pass::query_state) {
-            // U += Phi'^T Wm beside the causal S update (S was last read by dphq above).
+            // U += Phi'^T Wm beside the causal S update (S was last read by dphq above), and with
+            // v8's split the queries' dL/dz (reads uq, phq, dphq).
             gemm<Into::add, TC, false, PR>(M, Wg, C, phe, 1, L.ldM, Wm, L.ldW, 1, U, L.ldW);
             if (d.causal) gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 4);
-            __syncthreads();  // U, S
+            if (dq_here) dbeta += feature_map_backward<PR>(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
+            __syncthreads();  // U, S (, dz)
+            if (dq_here) {
+                // dq = dz Wp into X (free since the queries' feature map).
+                gemm<Into::set, TC, PR, PR>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+                __syncthreads();  // X
+                if (vec) store_rows_vec(a.dq, row0, row_stride, X, L.ldD, D, n, false, false);
+                else store_rows(a.dq, row0, row_stride, X, L.ldD, D, n, false);
+                __syncthreads();  // X read
+            }
             if (d.bucket) {
                 // bucket: U[:, D] -= sum_i Y_i.
                 for (int m = threadIdx.x; m < M; m += kBlockThreads) {
@@ -383,31 +409,32 @@ __global__ void __launch_bounds__(kBlockThreads, min_blocks<pass>()) segment_ker
             // dv out; dL/dz of the queries (dz) and of the keys (dz2) on different threads.
             if (vec) store_rows_vec(a.dv, row0, row_stride, num, L.ldW, D, n, false, false);
             else store_rows(a.dv, row0, row_stride, num, L.ldW, D, n, false);
-            dbeta += feature_map_backward<PR>(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
+            if (dq_here) dbeta += feature_map_backward<PR>(uq, L.ldLP, phq, dphq, L.ldM, dz, C, n, d.L, d.P, d.beta);
             dbeta += feature_map_backward<PR>(uk, L.ldLP, phk, dphk, L.ldM, dz2, C, n, d.L, d.P, d.beta, C * d.L);
             __syncthreads();  // dz, dz2; num read
             // dq = dz Wp into X, dk = dz2 Wp into num, beside the causal S update (reads phk, V).
-            gemm<Into::set, TC, PR, PR>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
+            if (dq_here) gemm<Into::set, TC, PR, PR>(C, D, LP, dz, L.ldLP, 1, Wp, L.ldD, 1, X, L.ldD);
             gemm<Into::set, TC, PR, PR>(C, D, LP, dz2, L.ldLP, 1, Wp, L.ldD, 1, num, L.ldW, 8);
             if (d.causal) gemm<Into::add, TC, false, PR>(M, Wg, C, phk, 1, L.ldM, V, L.ldW, 1, S, L.ldW, 0);
             __syncthreads();  // X, num, S
             if (vec) {
-                store_rows_vec(a.dq, row0, row_stride, X, L.ldD, D, n, false, false);
+                if (dq_here) store_rows_vec(a.dq, row0, row_stride, X, L.ldD, D, n, false, false);
                 store_rows_vec(a.dk, row0, row_stride, num, L.ldW, D, n, false, false);
             } else {
-                store_rows(a.dq, row0, row_stride, X, L.ldD, D, n, false);
+                if (dq_here) store_rows(a.dq, row0, row_stride, X, L.ldD, D, n, false);
                 store_rows(a.dk, row0, row_stride, num, L.ldW, D, n, false);
             }
             __syncthreads();  // X, num read
         }
     }
-    if (pass == Pass::backward) {
-        // Block sum of dL/dbeta in a fixed order (deterministic).
+    if (pass == Pass::backward || dq_here) {
+        // Block sum of dL/dbeta in a fixed order (deterministic); with v8's split the keys' part
+        // (backward) adds to the queries' (query totals, which ran first).
         double* red = reinterpret_cast<double*>(smem + L.red);
         red[threadIdx.x] = dbeta;
         __syncthreads();
         if (threadIdx.x == 0) {
-            double s = 0.0;
+            double s = keys_only ? a.dbeta_part[bh * d.nseg + seg] : 0.0;
             for (int i = 0; i < kBlockThreads; ++i) s += red[i];
             a.dbeta_part[bh * d.nseg + seg] = s;
         }

@@ -88,9 +88,11 @@ __host__ __device__ inline Layout make_layout(const Dims& d, Pass pass) {
     l.num = fwd_like ? take(C * l.ldW) : 0;
     l.dphq = grad ? take(C * l.ldM) : 0;
     l.dphk = bwd ? take(C * l.ldM) : 0;
-    l.dz = bwd ? take(C * l.ldLP) : 0;
+    // v8: non-causal query totals may compute dq (SegmentArgs::split_dq): dz and the dbeta sum.
+    const bool dq = bwd || (grad && !d.causal);
+    l.dz = dq ? take(C * l.ldLP) : 0;
     l.dz2 = bwd ? take(C * l.ldLP) : 0;  // the keys' dL/dz beside the queries' (v4)
-    l.red = bwd ? take(2 * kBlockThreads) : 0;  // one double per thread for the dbeta block sum
+    l.red = dq ? take(2 * kBlockThreads) : 0;  // one double per thread for the dbeta block sum
     l.total = at;
     return l;
 }
