@@ -118,6 +118,16 @@ struct Model::Cache {
     std::vector<float> x_in, inv1, h1, q, k, v, o, x_mid, inv2, h2, u;
 };
 
+std::uint64_t Model::activation_bytes(std::int64_t batch, std::int64_t tokens) const {
+    // Per token, as run() allocates them, all alive at the start of the backward: every block's
+    // Cache (x_in, h1, q, k, v, o, x_mid, h2: 8 c; u: 4 c; inv1, inv2: 2), the running x, qkv
+    // and tmp (8 c), the final norm and the logits (c + 1 + vocab), the backward's dh, dx, dqkv,
+    // dq, dk, dv and dattn (9 c), and the input and target ids (2 int32).
+    const std::uint64_t c = static_cast<std::uint64_t>(config_.width), layers = static_cast<std::uint64_t>(config_.layers);
+    const std::uint64_t floats = layers * (12 * c + 2) + 8 * c + (c + 1 + static_cast<std::uint64_t>(config_.vocab)) + 9 * c;
+    return static_cast<std::uint64_t>(batch) * static_cast<std::uint64_t>(tokens) * (floats * sizeof(float) + 8);
+}
+
 double Model::run(Collectives& sp, const std::vector<float>& params, const ShardTokens& shard, double loss_scale,
                   std::vector<float>* grad, PassTimes& times, std::vector<std::int32_t>* predictions) {
     const std::int64_t bl = shard.batch, tl = shard.tokens, n = bl * tl;

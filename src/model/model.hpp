@@ -100,6 +100,10 @@ public:
     double run(Collectives& sp, const std::vector<float>& params, const ShardTokens& shard, double loss_scale,
                std::vector<float>* grad, PassTimes& times, std::vector<std::int32_t>* predictions = nullptr);
 
+    // Host bytes that run() with a gradient holds at once for a shard of batch x tokens (every
+    // block's activations and the backward's buffers; not the parameters).
+    std::uint64_t activation_bytes(std::int64_t batch, std::int64_t tokens) const;
+
 private:
     struct Cache;
     ModelConfig config_;

@@ -29,9 +29,10 @@ public:
                            const std::vector<float>& v) = 0;
     virtual void get_state(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) = 0;
 
-    // Makes room for steps on shards of `batch` sequences of `tokens` tokens; throws (no
-    // communication) when they cannot fit, e.g. in GPU memory. Returns the device bytes held
-    // for them (0 on the CPU, which allocates as it goes).
+    // Makes room for steps on shards of `batch` sequences of `tokens` tokens; throws when they
+    // cannot fit: in GPU memory, or in the host memory of the node (the CPU trainer sums what the
+    // ranks of a node need). Collective over the world. Returns the device bytes held for them (0
+    // on the CPU, which allocates as it goes).
     virtual std::size_t prepare(std::int64_t batch, std::int64_t tokens) = 0;
 
     struct StepResult {

@@ -193,6 +193,20 @@ TEST_F(Train, ConfigFileSection) {
     EXPECT_EQ(losses(dir / "m.jsonl").size(), 3u);
 }
 
+// A step whose activations cannot fit in the node's memory stops before it allocates them, with
+// what it needs and what is available (not the out-of-memory killer halfway through). 2^18
+// sequences of 16384 tokens need about 15 TiB at this width: more than any test machine has.
+TEST_F(Train, ShardBeyondHostMemory) {
+    expect_error(1, "--seq-len 16384 --batch 262144", "a shard of 262144 x 16384 tokens needs ");
+    expect_error(2, "--seq-len 16384 --batch 262144 --sp-size 2",
+                 "a shard of 262144 x 8192 tokens needs ");
+    Result run = train(2, "--seq-len 16384 --batch 262144 --sp-size 2");
+    const std::string line = run.error_lines().empty() ? "" : run.error_lines()[0];
+    EXPECT_NE(line.find("for the 2 ranks on this node), more than the "), std::string::npos) << run.output;
+    EXPECT_NE(line.find("use a shorter --seq-len, a smaller --batch, or more nodes for the ranks"), std::string::npos)
+        << run.output;
+}
+
 TEST_F(Train, BadOptions) {
     expect_error(2, "--width 10 --heads 4", "--width 10 must be a multiple of --heads 4");
     expect_error(4, "--sp-size 3", "--sp-size 3 must divide the number of ranks (4)");

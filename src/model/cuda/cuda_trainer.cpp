@@ -9,6 +9,7 @@
 #include "cuda_check.hpp"
 #include "cuda_optimizer.hpp"
 #include "device_buffer.hpp"
+#include "host_memory.hpp"
 #include "model_kernels.hpp"
 #include "racesp/cuda_distributed.hpp"
 #include "racesp/errors.hpp"
@@ -23,12 +24,6 @@ namespace {
 
 double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::string gib(std::size_t bytes) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%.1f GiB", double(bytes) / double(1ull << 30));
-    return text;
 }
 
 // Sums of device float64 buffers over one communicator.
