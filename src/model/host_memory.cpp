@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <sstream>
 
@@ -26,7 +27,7 @@ std::uint64_t mem_available() {
     return kUnknown;
 }
 
-// A cgroup v2 file holding one number ("max" or unreadable: unknown).
+// A cgroup file holding one number ("max" or unreadable: unknown).
 std::uint64_t read_number(const std::filesystem::path& file) {
     std::ifstream in(file);
     std::string text;
@@ -36,11 +37,10 @@ std::uint64_t read_number(const std::filesystem::path& file) {
     return value;
 }
 
-// The least headroom (limit - usage) of this process's memory cgroup and its ancestors: cgroup v2
-// (memory.max, memory.current) or v1's memory controller (memory.limit_in_bytes,
-// memory.usage_in_bytes; "unlimited" is a huge number there, harmless in a minimum).
-std::uint64_t cgroup_headroom() {
-    std::ifstream in("/proc/self/cgroup");
+}  // namespace
+
+std::uint64_t cgroup_headroom(const std::string& proc_self_cgroup, const std::filesystem::path& root) {
+    std::istringstream in(proc_self_cgroup);
     std::string line;
     std::filesystem::path dir_v2, dir_v1;
     while (std::getline(in, line)) {
@@ -48,30 +48,31 @@ std::uint64_t cgroup_headroom() {
         if (a == std::string::npos || b == std::string::npos) continue;
         std::string controllers = ",";  // ",cpu,memory," (built piecewise: GCC 12 warns on "," + s + ",")
         controllers.append(line, a + 1, b - a - 1).append(",");
-        const std::filesystem::path where = line.substr(b + 1);
-        if (line.rfind("0::", 0) == 0) dir_v2 = std::filesystem::path("/sys/fs/cgroup") / where.relative_path();
-        else if (controllers.find(",memory,") != std::string::npos)
-            dir_v1 = std::filesystem::path("/sys/fs/cgroup/memory") / where.relative_path();
+        const std::filesystem::path where = std::filesystem::path(line.substr(b + 1)).relative_path();
+        auto below = [&](const std::filesystem::path& top) { return where.empty() ? top : top / where; };
+        if (line.rfind("0::", 0) == 0) dir_v2 = below(root);
+        else if (controllers.find(",memory,") != std::string::npos) dir_v1 = below(root / "memory");
     }
     std::uint64_t least = kUnknown;
-    auto walk = [&](std::filesystem::path dir, const char* limit_file, const char* usage_file,
-                    const std::filesystem::path& root) {
+    // From the process's cgroup up to the hierarchy's root: the least limit - usage on the way.
+    auto walk = [&](std::filesystem::path dir, const std::filesystem::path& top, const char* limit_file,
+                    const char* usage_file) {
         while (true) {
             const std::uint64_t limit = read_number(dir / limit_file), used = read_number(dir / usage_file);
             if (limit != kUnknown && used != kUnknown) least = std::min(least, limit > used ? limit - used : 0);
-            if (dir == root || dir == dir.parent_path()) break;
+            if (dir == top || dir == dir.parent_path()) break;
             dir = dir.parent_path();
         }
     };
-    if (!dir_v2.empty()) walk(dir_v2, "memory.max", "memory.current", "/sys/fs/cgroup");
-    if (!dir_v1.empty()) walk(dir_v1, "memory.limit_in_bytes", "memory.usage_in_bytes", "/sys/fs/cgroup/memory");
+    if (!dir_v2.empty()) walk(dir_v2, root, "memory.max", "memory.current");
+    if (!dir_v1.empty()) walk(dir_v1, root / "memory", "memory.limit_in_bytes", "memory.usage_in_bytes");
     return least;
 }
 
-}  // namespace
-
 std::uint64_t available_host_bytes() {
-    const std::uint64_t least = std::min(mem_available(), cgroup_headroom());
+    std::ifstream in("/proc/self/cgroup");
+    const std::string cgroups{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    const std::uint64_t least = std::min(mem_available(), cgroup_headroom(cgroups, "/sys/fs/cgroup"));
     return least == kUnknown ? 0 : least;
 }
 
