@@ -15,6 +15,7 @@
 #include "device_buffer.hpp"
 #include "racesp/errors.hpp"
 #include "segment_kernel.cuh"
+#include "stream_kernels.cuh"
 #include "state_scan.hpp"
 
 namespace racesp::cuda {
@@ -145,6 +146,15 @@ struct Engine::Impl {
             return a.lay.total * sizeof(float);
         };
         if constexpr (!std::is_same<T, float>::value) {
+            // v9: the non-causal kernel-normalisation passes on warp tiles (stream_kernels.cuh):
+            // key totals, forward, and with v8's split the query totals (with dq) and the keys' side.
+            const bool stream = stream_on && fixed_sizes && d.vec && !d.causal && !d.bucket && d.P == 4 && d.L == 4 &&
+                                (d.D == 128 || d.D == 64) && (pass == Pass::key_state || pass == Pass::forward || a.split_dq);
+            if (stream) {
+                a.d = d;
+                if (d.D == 128) return launch_stream<T, 128>(pass, grid, a);
+                return launch_stream<T, 64>(pass, grid, a);
+            }
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
             // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
             // room for the fused feature map's partial tiles (Dims::fused, as kernel_dims sets it).
@@ -167,10 +177,21 @@ struct Engine::Impl {
             case Pass::backward: go(segment_kernel<T, Pass::backward, F>, grid, bytes, a); break;
         }
     }
+    template <class T, int D>
+    void launch_stream(Pass pass, dim3 grid, const SegmentArgs<T>& a) {
+        const std::size_t bytes = StreamLayout<T, D>(pass).total;
+        const int threads = StreamLayout<T, D>::kThreads;
+        switch (pass) {
+            case Pass::key_state: go(stream_kernel<T, D, Pass::key_state>, grid, bytes, a, threads); break;
+            case Pass::forward: go(stream_kernel<T, D, Pass::forward>, grid, bytes, a, threads); break;
+            case Pass::query_state: go(stream_kernel<T, D, Pass::query_state>, grid, bytes, a, threads); break;
+            case Pass::backward: go(stream_kernel<T, D, Pass::backward>, grid, bytes, a, threads); break;
+        }
+    }
     template <class K, class A>
-    void go(K kernel, dim3 grid, std::size_t bytes, const A& a) {
+    void go(K kernel, dim3 grid, std::size_t bytes, const A& a, int threads = kBlockThreads) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-        kernel<<<grid, kBlockThreads, bytes, stream>>>(a);
+        kernel<<<grid, threads, bytes, stream>>>(a);
         CUDA_CHECK_LAUNCH(segment_kernel);
     }
 
@@ -190,6 +211,9 @@ struct Engine::Impl {
     // v8: a non-causal backward_step computes dq in the query totals pass; RACESP_CUDA_SPLIT_DQ=0
     // turns it off (the v7 passes, for comparisons).
     bool split_dq_on = true;
+    // v9: the warp-tile kernels for the non-causal passes they cover; RACESP_CUDA_STREAM=0 turns
+    // them off (the v8 segment kernels, for comparisons).
+    bool stream_on = true;
     template <class T>
     bool vec_ok(const Dims& d, const Tensors& t) const {
         if (!vec_rows || d.D % VecTraits<T>::EPV != 0 || d.C * d.D > kVecChunkElems) return false;
@@ -290,6 +314,7 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     if (const char* v = std::getenv("RACESP_CUDA_VEC")) m.vec_rows = std::strcmp(v, "0") != 0;
     if (const char* v = std::getenv("RACESP_CUDA_FIXED")) m.fixed_sizes = std::strcmp(v, "0") != 0;
     if (const char* v = std::getenv("RACESP_CUDA_SPLIT_DQ")) m.split_dq_on = std::strcmp(v, "0") != 0;
+    if (const char* v = std::getenv("RACESP_CUDA_STREAM")) m.stream_on = std::strcmp(v, "0") != 0;
     m.heads = planes.heads();
     m.dim = planes.dim();
     if (planes.tables() != config.tables || planes.planes_per_table() != config.planes)

@@ -1,0 +1,416 @@
+// v9 (experiments/gpu-notes.md): the non-causal passes with one warp per 16-token tile and every
+// per-token quantity in registers (warp_tiles.cuh), for bf16/fp16 inputs, kernel normalisation,
+// P = L = 4 and D = 64 or 128. Non-causal, every token's work depends only on the states S and U,
+// so the forward and the backward's keys' side have no barrier at all; the two sums over tokens
+// (key totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory
+// once per 128-token chunk: each warp writes its tile's features and right-hand rows transposed,
+// then each warp adds the chunk to its own slice of the state, held in registers for the whole
+// segment. The segment kernels (segment_kernel.cuh) still run everything else (causal, bucket,
+// fp32, other sizes, and the per-call API's query totals and backward without split_dq).
+//
+// Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
+// totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the
+// queries' part that the query totals wrote).
+#pragma once
+
+#include "segment_kernel.cuh"
+#include "warp_tiles.cuh"
+
+namespace racesp::cuda {
+
+// Shared memory of a v9 kernel, in bytes from the start of the dynamic area; 0 size = unused.
+template <class T, int D>
+struct StreamLayout {
+    static constexpr int kWarps = 8, kThreads = 32 * kWarps;
+    static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
+    static constexpr int W = D + 1, NTD = D / 8, NTW = NTD + 1;
+    static constexpr int ldT = kChunk + 8;   // floats: 8 mod 32, conflict-free 8-byte fragment loads
+    static constexpr int ldV = kChunk + 10;  // T elements
+    std::size_t red, wpu, wpd, sa, st, phiT, bT, total;
+
+    __host__ __device__ constexpr StreamLayout(Pass pass) : red(0), wpu(0), wpd(0), sa(0), st(0), phiT(0), bT(0), total(0) {
+        std::size_t at = 0;
+        auto take = [&](std::size_t bytes) {
+            const std::size_t here = at;
+            at += (bytes + 127) / 128 * 128;
+            return here;
+        };
+        const std::size_t f2 = sizeof(float2);
+        red = take(kWarps * sizeof(double));
+        wpu = take(NTD * 2 * 32 * f2);
+        const bool grad = pass == Pass::query_state || pass == Pass::backward;
+        if (grad) wpd = take(2 * NTD * 32 * f2);
+        if (pass != Pass::key_state) sa = take(8 * NTW * 32 * f2);
+        if (grad) st = take(NTW * 8 * 32 * f2);
+        if (pass == Pass::key_state || pass == Pass::query_state) phiT = take(warp::kM * ldT * sizeof(float));
+        if (pass == Pass::key_state) bT = take(NTW * 8 * ldV * sizeof(T));
+        if (pass == Pass::query_state) bT = take(NTW * 8 * ldT * sizeof(float));
+        total = at;
+    }
+};
+
+namespace stream {
+
+// Wp^T as B operand of the projection: k-step ks (columns in_col), n-tile nt (planes proj_col).
+template <int D>
+__device__ void arrange_projection(float2* out, const float* wp) {
+    for (int i = threadIdx.x; i < D / 8 * 2 * 32; i += blockDim.x) {
+        const int ks = i / 64, nt = (i / 32) % 2, g = (i % 32) / 4, t = i % 4;
+        const float* row = wp + warp::proj_col(nt, g) * D;
+        out[i] = make_float2(warp::tf32f(row[warp::in_col<D>(ks, t, 0)]), warp::tf32f(row[warp::in_col<D>(ks, t, 1)]));
+    }
+}
+// Wp as B operand of dz Wp: k-step ks (planes 2ks, 2ks+1 of table t), n-tile nt (columns out_col).
+template <int D>
+__device__ void arrange_planes_out(float2* out, const float* wp) {
+    for (int i = threadIdx.x; i < 2 * (D / 8) * 32; i += blockDim.x) {
+        const int ks = i / (D / 8 * 32), nt = (i / 32) % (D / 8), g = (i % 32) / 4, t = i % 4;
+        const int col = warp::out_col<D>(nt, g), lp = 4 * t + 2 * ks;
+        out[i] = make_float2(warp::tf32f(wp[lp * D + col]), warp::tf32f(wp[(lp + 1) * D + col]));
+    }
+}
+// A state X (M x W) as B operand with k over features: phi X (n-tile nt: columns out_col).
+template <int D>
+__device__ void arrange_state(float2* out, const float* x) {
+    constexpr int W = D + 1, NTW = D / 8 + 1;
+    for (int i = threadIdx.x; i < 8 * NTW * 32; i += blockDim.x) {
+        const int ks = i / (NTW * 32), nt = (i / 32) % NTW, g = (i % 32) / 4, t = i % 4;
+        const int col = warp::out_col<D>(nt, g), f = warp::feat_of(t, ks, 0);
+        out[i] = col < W ? make_float2(warp::tf32f(__ldg(x + f * W + col)), warp::tf32f(__ldg(x + (f + 1) * W + col)))
+                         : make_float2(0.0f, 0.0f);
+    }
+}
+// The same state as B operand with k over its columns: R X^T for rows R in the row layout
+// (k-step ks: columns in_col; n-tile nt: features, column n = g is table g/2, bucket 2nt + g%2).
+template <int D>
+__device__ void arrange_state_t(float2* out, const float* x) {
+    constexpr int W = D + 1;
+    for (int i = threadIdx.x; i < (D / 8 + 1) * 8 * 32; i += blockDim.x) {
+        const int ks = i / 256, nt = (i / 32) % 8, g = (i % 32) / 4, t = i % 4;
+        const int f = warp::kR * (g / 2) + 2 * nt + g % 2;
+        const int c0 = warp::in_col<D>(ks, t, 0), c1 = warp::in_col<D>(ks, t, 1);
+        out[i] = make_float2(c0 < W ? warp::tf32f(__ldg(x + f * W + c0)) : 0.0f,
+                             c1 < W ? warp::tf32f(__ldg(x + f * W + c1)) : 0.0f);
+    }
+}
+
+// acc[nt] += A frag (k-step over features) x the arranged state, for all n-tiles.
+template <int NT, int NTW>
+__device__ __forceinline__ void times_state(const float (&phi)[2][warp::kR], const float2* sa, float (&acc)[NT][4]) {
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks) {
+        std::uint32_t a[4];
+        warp::feature_frag(phi, ks, a);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) warp::mma(acc[nt], a, sa[(ks * NTW + nt) * 32 + warp::lane_id()]);
+    }
+}
+
+// dL/dphi (dph[r][b]) = R X^T, R given per k-step by `frag(ks, a)`.
+template <int D, class Frag>
+__device__ __forceinline__ void times_state_t(Frag frag, const float2* st, float (&dph)[2][warp::kR]) {
+    float acc[8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 8 + 1; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) warp::mma(acc[nt], a, st[(ks * 8 + nt) * 32 + warp::lane_id()]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            dph[r][2 * nt] = acc[nt][2 * r];
+            dph[r][2 * nt + 1] = acc[nt][2 * r + 1];
+        }
+}
+
+// The warp's slice of a state (M x W) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i, and
+// for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T from phiT
+// ([feature][token], ld ldT), B from bT ([column][token]): the k-step's tokens are permuted
+// (k = t is token 2t, k = t + 4 token 2t + 1), so each fragment pair is one 8-byte load.
+template <class B, int D>
+struct StateSlice {
+    static constexpr int NTD = D / 8, FULL = D / 64;
+    float acc[FULL * 4 + 1][4] = {};
+
+    __device__ __forceinline__ static void b_pair(const B* bT, int at, std::uint32_t& b0, std::uint32_t& b1) {
+        if constexpr (std::is_same<B, float>::value) {
+            const float2 v = *reinterpret_cast<const float2*>(bT + at);
+            b0 = __float_as_uint(v.x), b1 = __float_as_uint(v.y);
+        } else {
+            const unsigned v = *reinterpret_cast<const unsigned*>(bT + at);
+            if constexpr (std::is_same<B, __nv_bfloat16>::value) {
+                b0 = v << 16, b1 = v & 0xffff0000u;
+            } else {
+                __half2 h;
+                memcpy(&h, &v, 4);
+                const float2 f = __half22float2(h);
+                b0 = __float_as_uint(f.x), b1 = __float_as_uint(f.y);
+            }
+        }
+    }
+    template <int ldT, int ldB, int kChunk>
+    __device__ __forceinline__ void add(const float* phiT, const B* bT) {
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+        const bool extra = w < 4;
+#pragma unroll 2
+        for (int kk = 0; kk < kChunk / 8; ++kk) {
+            const int tok = 8 * kk + 2 * t;
+            std::uint32_t a[4][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                const float2 lo = *reinterpret_cast<const float2*>(phiT + (16 * mt + g) * ldT + tok);
+                const float2 hi = *reinterpret_cast<const float2*>(phiT + (16 * mt + g + 8) * ldT + tok);
+                a[mt][0] = __float_as_uint(lo.x), a[mt][2] = __float_as_uint(lo.y);
+                a[mt][1] = __float_as_uint(hi.x), a[mt][3] = __float_as_uint(hi.y);
+            }
+#pragma unroll
+            for (int i = 0; i < FULL; ++i) {
+                std::uint32_t b0, b1;
+                b_pair(bT, (8 * (w + 8 * i) + g) * ldB + tok, b0, b1);
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt) warp::mma(acc[4 * i + mt], a[mt], b0, b1);
+            }
+            if (extra) {
+                // m-tile w of the extra column (its own loads: a register array cannot be
+                // indexed by the warp number without going to local memory).
+                const float2 lo = *reinterpret_cast<const float2*>(phiT + (16 * w + g) * ldT + tok);
+                const float2 hi = *reinterpret_cast<const float2*>(phiT + (16 * w + g + 8) * ldT + tok);
+                const std::uint32_t ax[4] = {__float_as_uint(lo.x), __float_as_uint(hi.x), __float_as_uint(lo.y),
+                                             __float_as_uint(hi.y)};
+                std::uint32_t b0, b1;
+                b_pair(bT, (8 * NTD + g) * ldB + tok, b0, b1);
+                warp::mma(acc[4 * FULL], ax, b0, b1);
+            }
+        }
+    }
+    __device__ __forceinline__ void store(float* out) const {
+        constexpr int W = D + 1;
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+        auto put = [&](const float (&c)[4], int mt, int nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = 16 * mt + g + 8 * (e / 2), col = 8 * nt + 2 * t + e % 2;
+                if (col < W) out[m * W + col] = c[e];
+            }
+        };
+#pragma unroll
+        for (int i = 0; i < FULL; ++i)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) put(acc[4 * i + mt], mt, w + 8 * i);
+        if (w < 4) put(acc[4 * FULL], w, NTD);
+    }
+};
+
+}  // namespace stream
+
+// Two blocks per multiprocessor (at most 128 registers a thread) where the shared memory allows;
+// the query totals' 195 KB (D=128) hold one.
+template <Pass pass>
+constexpr int stream_min_blocks() { return pass == Pass::query_state ? 1 : 2; }
+
+template <class T, int D, Pass pass>
+__global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_blocks<pass>()) stream_kernel(const SegmentArgs<T> a) {
+    using Lay = StreamLayout<T, D>;
+    using namespace warp;
+    constexpr Lay lay(pass);
+    constexpr int W = D + 1, NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk;
+    extern __shared__ __align__(128) unsigned char sm[];
+    double* red = reinterpret_cast<double*>(sm + lay.red);
+    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
+    float2* wpd = reinterpret_cast<float2*>(sm + lay.wpd);
+    float2* sa = reinterpret_cast<float2*>(sm + lay.sa);
+    float2* st = reinterpret_cast<float2*>(sm + lay.st);
+    float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
+
+    const Dims& d = a.d;
+    const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
+    const long long row_stride = static_cast<long long>(d.H) * D;
+    const long long bh = static_cast<long long>(b) * d.H + h;
+    const long long state_size = static_cast<long long>(kM) * W;
+    const float* wp = a.planes + h * static_cast<long long>(kLP) * D;
+    auto row_of = [&](int tok) { return (static_cast<long long>(b) * d.T + tok) * row_stride + static_cast<long long>(h) * D; };
+    const int seg_begin = seg * d.NS, seg_end = min(d.T, seg_begin + d.NS);
+
+    stream::arrange_projection<D>(wpu, wp);
+    if constexpr (pass == Pass::query_state || pass == Pass::backward) stream::arrange_planes_out<D>(wpd, wp);
+    if constexpr (pass == Pass::forward || pass == Pass::query_state) stream::arrange_state<D>(sa, a.s_start + bh * state_size);
+    if constexpr (pass == Pass::query_state) stream::arrange_state_t<D>(st, a.s_start + bh * state_size);
+    if constexpr (pass == Pass::backward) {
+        stream::arrange_state<D>(sa, a.u_start + bh * state_size);
+        stream::arrange_state_t<D>(st, a.u_start + bh * state_size);
+    }
+    if constexpr (pass == Pass::key_state) {
+        // Columns D+1.. of [v, 1]^T are never written: zero once.
+        T* vT = reinterpret_cast<T*>(sm + lay.bT);
+        for (int i = threadIdx.x; i < NTW * 8 * Lay::ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);
+    }
+    __syncthreads();
+    double dbeta = 0.0;
+
+    if constexpr (pass == Pass::forward || pass == Pass::backward) {
+        // One tile per warp at a time, no barrier.
+        for (int t0 = seg_begin + kTile * warp_id; t0 < seg_end; t0 += kTile * Lay::kWarps) {
+            const int n = min(kTile, seg_end - t0);
+            const long long row0 = row_of(t0);
+            float u[2][kP], phi[2][kR];
+            if constexpr (pass == Pass::forward) {
+                Rows<T, D> xq;
+                xq.load(a.q, row0, row_stride, n);
+                project<T, D>(xq, wpu, u);
+                features(u, d.beta, n, phi);
+                float num[NTW][4] = {};
+                stream::times_state<NTW, NTW>(phi, sa, num);
+                // o = num[:, :D] / num[:, D]; the normaliser is column D: lane t = 0's c0 (c2: row g+8).
+                float inv[2];
+#pragma unroll
+                for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
+                store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+            } else {
+                // Keys' side (v8's split: dq came from the query totals pass).
+                Rows<T, D> xk, xv;
+                xk.load(a.k, row0, row_stride, n);
+                xv.load(a.v, row0, row_stride, n);
+                project<T, D>(xk, wpu, u);
+                features(u, d.beta, n, phi);
+                // dL/dphi(k) = [v, 1] U^T.
+                float dph[2][kR];
+                stream::times_state_t<D>(
+                    [&](int ks, std::uint32_t(&af)[4]) {
+                        if (ks < NTD) {
+                            float f0[8], f1[8];
+                            xv.floats(0, ks / 4, f0);
+                            xv.floats(1, ks / 4, f1);
+                            const int c = ks % 4;
+                            af[0] = __float_as_uint(f0[2 * c]), af[1] = __float_as_uint(f1[2 * c]);
+                            af[2] = __float_as_uint(f0[2 * c + 1]), af[3] = __float_as_uint(f1[2 * c + 1]);
+                        } else {
+                            af[0] = __float_as_uint(t == 0 && static_cast<int>(g) < n ? 1.0f : 0.0f);
+                            af[1] = __float_as_uint(t == 0 && static_cast<int>(g) + 8 < n ? 1.0f : 0.0f);
+                            af[2] = af[3] = 0u;
+                        }
+                    },
+                    st, dph);
+                const float one[2] = {1.0f, 1.0f};
+                {
+                    // dv = phi(k) U[:, :D].
+                    float dv[NTD][4] = {};
+                    stream::times_state<NTD, NTW>(phi, sa, dv);
+                    store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
+                }
+                float dz[2][kP];
+                dbeta += features_backward(u, phi, dph, d.beta, dz);
+                float dk[NTD][4];
+                planes_out<D>(dz, wpd, dk);
+                store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
+            }
+        }
+    } else {
+        // The sums over tokens: chunks of kChunk tokens, warp w on tokens 16w .. 16w + 15.
+        using BT = std::conditional_t<pass == Pass::key_state, T, float>;
+        constexpr int ldB = pass == Pass::key_state ? Lay::ldV : Lay::ldT;
+        BT* bT = reinterpret_cast<BT*>(sm + lay.bT);
+        stream::StateSlice<BT, D> slice;
+        for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
+            const int t0 = c0 + kTile * warp_id;
+            const int n = max(0, min(kTile, seg_end - t0));
+            const long long row0 = row_of(min(t0, seg_end - 1));
+            const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
+            float u[2][kP], phi[2][kR];
+            if constexpr (pass == Pass::key_state) {
+                Rows<T, D> xk, xv;
+                xk.load(a.k, row0, row_stride, n);
+                xv.load(a.v, row0, row_stride, n);
+                project<T, D>(xk, wpu, u);
+                features(u, d.beta, n, phi);
+                // [v, 1]^T: the rows' 16-bit values as they are (exact in TF32).
+                unsigned short* vT = reinterpret_cast<unsigned short*>(bT);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int tok = col0 + g + 8 * r;
+#pragma unroll
+                    for (int s = 0; s < D / 32; ++s) {
+                        const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
+#pragma unroll
+                        for (int j = 0; j < 8; ++j)
+                            vT[(32 * s + 8 * t + j) * ldB + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
+                    }
+                    if (t == 0) bT[D * ldB + tok] = from_float<T>(static_cast<int>(g) + 8 * r < n ? 1.0f : 0.0f);
+                }
+            } else {
+                // Query totals with v8's split: also dq and the queries' part of dbeta.
+                Rows<T, D> xq, xg;
+                xq.load(a.q, row0, row_stride, n);
+                xg.load(a.dout, row0, row_stride, n);
+                project<T, D>(xq, wpu, u);
+                features(u, d.beta, n, phi);
+                float wm[NTW][4] = {};
+                stream::times_state<NTW, NTW>(phi, sa, wm);
+                // Wm = [G / den, -(G . o) / den] with o = num[:, :D] / den, in num's registers.
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const float den = __shfl_sync(0xffffffffu, wm[NTD][2 * r], lane_id() & ~3u);
+                    const float inv = static_cast<int>(g) + 8 * r < n ? 1.0f / den : 0.0f;
+                    float go = 0.0f;
+#pragma unroll
+                    for (int s = 0; s < D / 32; ++s) {
+                        float gr[8];
+                        xg.floats(r, s, gr);
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) {
+                            float& x = wm[4 * s + j / 2][2 * r + j % 2];
+                            go += gr[j] * (x * inv);
+                            x = tf32f(gr[j] * inv);
+                        }
+                    }
+                    go += __shfl_xor_sync(0xffffffffu, go, 1);
+                    go += __shfl_xor_sync(0xffffffffu, go, 2);
+                    wm[NTD][2 * r] = t == 0 ? tf32f(-go * inv) : 0.0f;
+                    wm[NTD][2 * r + 1] = 0.0f;
+                }
+                // dL/dphi(q) = Wm S^T: Wm's C tile nt is the A fragment of k-step nt.
+                float dph[2][kR];
+                stream::times_state_t<D>(
+                    [&](int ks, std::uint32_t(&af)[4]) {
+                        af[0] = __float_as_uint(wm[ks][0]), af[1] = __float_as_uint(wm[ks][2]);
+                        af[2] = __float_as_uint(wm[ks][1]), af[3] = __float_as_uint(wm[ks][3]);
+                    },
+                    st, dph);
+                // Wm^T into bT for U += phi(q)^T Wm.
+#pragma unroll
+                for (int nt = 0; nt < NTW; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        bT[out_col<D>(nt, 2 * t + e % 2) * ldB + col0 + g + 8 * (e / 2)] = wm[nt][e];
+                float dz[2][kP];
+                dbeta += features_backward(u, phi, dph, d.beta, dz);
+                float dq[NTD][4];
+                planes_out<D>(dz, wpd, dq);
+                const float one[2] = {1.0f, 1.0f};
+                if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
+            }
+            // phi^T (rounded: read only as an operand).
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+#pragma unroll
+                for (int bb = 0; bb < kR; ++bb) phiT[(kR * t + bb) * Lay::ldT + col0 + g + 8 * r] = tf32f(phi[r][bb]);
+            __syncthreads();  // the chunk's phi^T and right-hand rows
+            slice.template add<Lay::ldT, ldB, kChunk>(phiT, bT);
+            __syncthreads();  // read before the next chunk overwrites them
+        }
+        slice.store(a.seg_out + (bh * d.nseg + seg) * state_size);
+    }
+
+    if constexpr (pass == Pass::query_state || pass == Pass::backward) {
+        const double s = warp::block_sum(dbeta, red, Lay::kWarps);
+        if (threadIdx.x == 0) {
+            double* part = a.dbeta_part + bh * d.nseg + seg;
+            *part = (pass == Pass::backward ? *part : 0.0) + s;
+        }
+    }
+}
+
+}  // namespace racesp::cuda

@@ -1,0 +1,232 @@
+// Warp-level building blocks of the v9 non-causal kernels (stream_kernels.cuh): one warp owns a
+// tile of 16 tokens and keeps every per-token quantity in registers, in the operand layouts of
+// the TF32 tensor-core instruction mma.sync.m16n8k8 (PTX ISA, "Matrix fragments for mma.m16n8k8"):
+// lane = 4 g + t holds rows g and g + 8 of A and C, column t (and t + 4) of A, column 2t, 2t + 1
+// of C, and row t (and t + 4) of B.
+//
+// The trick that keeps data in registers: a product's inner axis may be permuted freely, and the
+// axes that come from or go to memory may be permuted as long as loads and stores agree. So
+// - token rows: lane (g, t) holds rows g, g+8 at columns 32 s + 8 t + j (j = 0..7), i.e. one
+//   16-byte vector per row and block s of 32 columns ("row layout");
+// - a C tile over D columns (n-tile 4 s + c) holds column 32 s + 8 t + 2 c + w at lane (g, t),
+//   element w: exactly the row layout, so outputs are 16-byte stores with no shuffle, and the
+//   extra column D (the normaliser) is n-tile D / 8, column D + 2 t + w;
+// - the feature axis (M = L 2^P = 64 with L = P = 4): lane (g, t) owns table t, its 16 buckets r,
+//   for its two rows (the projection's columns are permuted so that the lane gets that table's
+//   4 planes), so the feature map and its backward need no data from other lanes;
+// - the states S and U, B operands shared by the block's warps, are copied once per block into
+//   shared memory already in fragment order (one 8-byte load per lane and k-step).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "block_ops.cuh"
+
+namespace racesp::cuda::warp {
+
+constexpr int kTile = 16;  // tokens per warp tile
+constexpr int kP = 4, kL = 4, kR = 16, kM = 64, kLP = 16;  // the sizes v9 is written for
+
+__device__ __forceinline__ unsigned lane_id() { return threadIdx.x % 32; }
+
+// Round to TF32 (to nearest, ties away from zero: wmma::__float_to_tf32's rounding).
+__device__ __forceinline__ std::uint32_t tf32(float x) {
+    std::uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float tf32f(float x) { return __uint_as_float(tf32(x)); }
+
+// d += a b, 16 x 8 x 8, TF32 operands, float32 accumulation.
+__device__ __forceinline__ void mma(float (&d)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma(float (&d)[4], const std::uint32_t (&a)[4], float2 b) {
+    mma(d, a, __float_as_uint(b.x), __float_as_uint(b.y));
+}
+
+// The physical column of C's n-tile `nt` column j (0..7) over D columns (+ the extra column).
+template <int D>
+__host__ __device__ inline int out_col(int nt, int j) {
+    return nt < D / 8 ? 32 * (nt / 4) + 8 * (j / 2) + 2 * (nt % 4) + j % 2 : D + j;
+}
+// The physical column of A's k-step `ks` over D (+1) columns, for lane column t (h = 0: k = t,
+// h = 1: k = t + 4): the two neighbours 2c, 2c + 1 of the lane's row-layout vector.
+template <int D>
+__host__ __device__ inline int in_col(int ks, int t, int h) {
+    return ks < D / 8 ? 32 * (ks / 4) + 8 * t + 2 * (ks % 4) + h : D + 2 * t + h;
+}
+// The projection's column n of n-tile nt (0, 1) is plane 2 nt + n % 2 of table n / 2, so that C's
+// lane (g, t) gets table t's four planes: (nt 0: planes 0, 1; nt 1: planes 2, 3).
+__host__ __device__ inline int proj_col(int nt, int n) { return 4 * (n / 2) + 2 * nt + n % 2; }
+// The feature of A's k-step ks (k = t: h = 0, k = t + 4: h = 1) and of C's n-tile nt column
+// 2t + h: table t, bucket 2 ks + h (or 2 nt + h); of B's column n = g: table g / 2, bucket 2 nt + g % 2.
+__host__ __device__ inline int feat_of(int t, int ks, int h) { return kR * t + 2 * ks + h; }
+
+// Two rows of a 16-token tile in the row layout. Rows at or beyond n are zeros.
+template <class T, int D>
+struct Rows {
+    static constexpr int NB = D / 32;
+    uint4 x[2][NB];
+    __device__ __forceinline__ void load(const T* base, long long row0, long long row_stride, int n) {
+        const unsigned g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = g + 8 * r;
+#pragma unroll
+            for (int s = 0; s < NB; ++s)
+                x[r][s] = row < n ? __ldg(reinterpret_cast<const uint4*>(base + row0 + row * row_stride + 32 * s + 8 * t))
+                                  : make_uint4(0, 0, 0, 0);
+        }
+    }
+    __device__ __forceinline__ void floats(int r, int s, float* f) const { unpack16<T>(x[r][s], f); }
+};
+
+// Stores the C tiles acc[0 .. D/8) (row layout, scaled per row) as rows of T; rows >= n skipped.
+template <class T, int D, int NT>
+__device__ __forceinline__ void store_rows(T* base, long long row0, long long row_stride, int n,
+                                           const float (&acc)[NT][4], const float (&scale)[2]) {
+    const unsigned g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = g + 8 * r;
+        if (row >= n) continue;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s) {
+            float f[8];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                f[2 * c] = acc[4 * s + c][2 * r] * scale[r];
+                f[2 * c + 1] = acc[4 * s + c][2 * r + 1] * scale[r];
+            }
+            *reinterpret_cast<uint4*>(base + row0 + row * row_stride + 32 * s + 8 * t) = pack16<T>(f);
+        }
+    }
+}
+
+// u = tanh(x Wp^T) for the lane's rows and table t: u[r][p]. `wpu` holds Wp^T in fragment order
+// (stream_kernels.cuh, arrange_projection): k-step ks, n-tile nt at wpu[(ks * 2 + nt) * 32 + lane].
+template <class T, int D>
+__device__ __forceinline__ void project(const Rows<T, D>& x, const float2* wpu, float (&u)[2][kP]) {
+    float acc[2][4] = {};
+#pragma unroll
+    for (int s = 0; s < D / 32; ++s) {
+        float f0[8], f1[8];
+        x.floats(0, s, f0);
+        x.floats(1, s, f1);
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            // bf16 / fp16 values are exact in TF32: no rounding.
+            const std::uint32_t a[4] = {__float_as_uint(f0[2 * c]), __float_as_uint(f1[2 * c]),
+                                        __float_as_uint(f0[2 * c + 1]), __float_as_uint(f1[2 * c + 1])};
+            const int ks = 4 * s + c;
+            mma(acc[0], a, wpu[(ks * 2 + 0) * 32 + lane_id()]);
+            mma(acc[1], a, wpu[(ks * 2 + 1) * 32 + lane_id()]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u[r][0] = tanhf(acc[0][2 * r]);
+        u[r][1] = tanhf(acc[0][2 * r + 1]);
+        u[r][2] = tanhf(acc[1][2 * r]);
+        u[r][3] = tanhf(acc[1][2 * r + 1]);
+    }
+}
+
+// phi[r][b]: the 16 features of table t for the lane's row r (bucket b: plane p's bit is
+// (b >> (P-1-p)) & 1), as block_ops' feature_map computes them (same floor, same product order).
+// Rows at or beyond n get zeros.
+__device__ __forceinline__ void features(const float (&u)[2][kP], float beta, int n, float (&phi)[2][kR]) {
+    const float floor = static_cast<float>(exp(-87.0 / kP));
+    const unsigned g = lane_id() / 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float s1[kP], s0[kP];
+#pragma unroll
+        for (int p = 0; p < kP; ++p) {
+            const float y = 2.0f * beta * u[r][p];
+            s1[p] = fmaxf(1.0f / (1.0f + expf(-y)), floor);
+            s0[p] = fmaxf(1.0f / (1.0f + expf(y)), floor);
+        }
+        const bool valid = static_cast<int>(g) + 8 * r < n;
+#pragma unroll
+        for (int b = 0; b < kR; ++b) {
+            float v = 1.0f;
+#pragma unroll
+            for (int p = 0; p < kP; ++p) v *= ((b >> (kP - 1 - p)) & 1) ? s1[p] : s0[p];
+            phi[r][b] = valid ? v : 0.0f;
+        }
+    }
+}
+
+// A fragment of k-step ks (features of table t, buckets 2ks, 2ks+1) from per-lane features.
+__device__ __forceinline__ void feature_frag(const float (&phi)[2][kR], int ks, std::uint32_t (&a)[4]) {
+    a[0] = tf32(phi[0][2 * ks]);
+    a[1] = tf32(phi[1][2 * ks]);
+    a[2] = tf32(phi[0][2 * ks + 1]);
+    a[3] = tf32(phi[1][2 * ks + 1]);
+}
+
+// Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward,
+// same arithmetic): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to TF32: read only as
+// the operand of dz Wp); returns the lane's part of dL/dbeta.
+__device__ __forceinline__ double features_backward(const float (&u)[2][kP], const float (&phi)[2][kR],
+                                                    const float (&dph)[2][kR], float beta, float (&dz)[2][kP]) {
+    double dbeta = 0.0;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float mp[kP] = {};
+        float m0 = 0.0f;
+#pragma unroll
+        for (int b = 0; b < kR; ++b) {
+            const float gf = dph[r][b] * phi[r][b];
+            m0 += gf;
+#pragma unroll
+            for (int p = 0; p < kP; ++p) mp[p] += ((b >> (kP - 1 - p)) & 1) ? gf : -gf;
+        }
+#pragma unroll
+        for (int p = 0; p < kP; ++p) {
+            const float th = tanhf(beta * u[r][p]);
+            const float common = mp[p] - th * m0;
+            dbeta += static_cast<double>(u[r][p]) * common;
+            dz[r][p] = tf32f((1.0f - u[r][p] * u[r][p]) * beta * common);
+        }
+    }
+    return dbeta;
+}
+
+// out (16 x D, C tiles in the row layout) = dz Wp: `wpd` holds Wp in fragment order
+// (arrange_planes_out): k-step ks (planes 2ks, 2ks+1 of table t), n-tile nt at wpd[(ks * D/8 + nt) * 32 + lane].
+template <int D>
+__device__ __forceinline__ void planes_out(const float (&dz)[2][kP], const float2* wpd, float (&out)[D / 8][4]) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) out[nt][0] = out[nt][1] = out[nt][2] = out[nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+        const std::uint32_t a[4] = {__float_as_uint(dz[0][2 * ks]), __float_as_uint(dz[1][2 * ks]),
+                                    __float_as_uint(dz[0][2 * ks + 1]), __float_as_uint(dz[1][2 * ks + 1])};
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt) mma(out[nt], a, wpd[(ks * (D / 8) + nt) * 32 + lane_id()]);
+    }
+}
+
+// Sum of a double over the block's warps in a fixed order (deterministic); `red` holds one
+// double per warp. Returns the sum on thread 0 (others: 0).
+__device__ __forceinline__ double block_sum(double x, double* red, int warps) {
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+    if (lane_id() == 0) red[threadIdx.x / 32] = x;
+    __syncthreads();
+    double s = 0.0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < warps; ++w) s += red[w];
+    return s;
+}
+
+}  // namespace racesp::cuda::warp
