@@ -15,6 +15,7 @@
 #include "device_buffer.hpp"
 #include "racesp/errors.hpp"
 #include "segment_kernel.cuh"
+#include "stream_causal.cuh"
 #include "stream_kernels.cuh"
 #include "state_scan.hpp"
 
@@ -146,14 +147,22 @@ struct Engine::Impl {
             return a.lay.total * sizeof(float);
         };
         if constexpr (!std::is_same<T, float>::value) {
-            // v9: the non-causal kernel-normalisation passes on warp tiles (stream_kernels.cuh):
-            // key totals, forward, and with v8's split the query totals (with dq) and the keys' side.
-            const bool stream = stream_on && fixed_sizes && d.vec && !d.causal && !d.bucket && d.P == 4 && d.L == 4 &&
-                                (d.D == 128 || d.D == 64) && (pass == Pass::key_state || pass == Pass::forward || a.split_dq);
+            // v9: passes on warp tiles (stream_kernels.cuh): the key totals (the same segment sums
+            // for every mode), and for the non-causal kernel normalisation the forward and, with
+            // v8's split, the query totals (with dq) and the keys' side.
+            const bool sizes = stream_on && fixed_sizes && d.vec && d.P == 4 && d.L == 4 && (d.D == 128 || d.D == 64);
+            const bool stream = sizes && (pass == Pass::key_state ||
+                                          (!d.causal && !d.bucket && (pass == Pass::forward || a.split_dq)));
             if (stream) {
                 a.d = d;
                 if (d.D == 128) return launch_stream<T, 128>(pass, grid, a);
                 return launch_stream<T, 64>(pass, grid, a);
+            }
+            // v10: the causal forward of the kernel normalisation on warp tiles (stream_causal.cuh).
+            if (sizes && d.causal && !d.bucket && pass == Pass::forward) {
+                a.d = d;
+                if (d.D == 128) return go(causal_forward_kernel<T, 128>, grid, CausalLayout<T, 128>().total, a, CausalLayout<T, 128>::kThreads);
+                return go(causal_forward_kernel<T, 64>, grid, CausalLayout<T, 64>().total, a, CausalLayout<T, 64>::kThreads);
             }
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
             // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has

@@ -5,8 +5,9 @@
 // (key totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory
 // once per 128-token chunk: each warp writes its tile's features and right-hand rows transposed,
 // then each warp adds the chunk to its own slice of the state, held in registers for the whole
-// segment. The segment kernels (segment_kernel.cuh) still run everything else (causal, bucket,
-// fp32, other sizes, and the per-call API's query totals and backward without split_dq).
+// segment. The key totals are the same sums in every mode, so that pass serves causal and
+// bucket runs too. The segment kernels (segment_kernel.cuh) still run everything else (the causal
+// and bucket sweeps, fp32, other sizes, the per-call API's query totals and backward without split_dq).
 //
 // Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
 // totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the
@@ -186,21 +187,42 @@ struct StateSlice {
             }
         }
     }
-    __device__ __forceinline__ void store(float* out) const {
+    // Visit the slice's elements: f(value or reference, m, col) for col < W.
+    template <class F>
+    __device__ __forceinline__ void each(F f) {
         constexpr int W = D + 1;
         const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-        auto put = [&](const float (&c)[4], int mt, int nt) {
+        auto tile = [&](float (&c)[4], int mt, int nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int m = 16 * mt + g + 8 * (e / 2), col = 8 * nt + 2 * t + e % 2;
-                if (col < W) out[m * W + col] = c[e];
+                if (col < W) f(c[e], m, col);
             }
         };
 #pragma unroll
         for (int i = 0; i < FULL; ++i)
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) put(acc[4 * i + mt], mt, w + 8 * i);
-        if (w < 4) put(acc[4 * FULL], w, NTD);
+            for (int mt = 0; mt < 4; ++mt) tile(acc[4 * i + mt], mt, w + 8 * i);
+        if (w < 4) tile(acc[4 * FULL], w, NTD);
+    }
+    // The slice starts from a state (M x W) instead of zero.
+    __device__ __forceinline__ void load(const float* x) {
+        each([&](float& v, int m, int col) { v = __ldg(x + m * (D + 1) + col); });
+    }
+    // Writes the slice, rounded to TF32, into a state arranged by arrange_state (the inverse of
+    // feat_of and out_col).
+    __device__ __forceinline__ void store_arranged(float2* sa) {
+        constexpr int NTW = NTD + 1;
+        float* out = reinterpret_cast<float*>(sa);
+        each([&](float& v, int m, int col) {
+            const int t = m / warp::kR, ks = (m % warp::kR) / 2, hh = m % 2;
+            const int nt = col < D ? 4 * (col / 32) + (col % 8) / 2 : NTD;
+            const int g = col < D ? 2 * ((col % 32) / 8) + col % 2 : col - D;
+            out[2 * ((ks * NTW + nt) * 32 + 4 * g + t) + hh] = warp::tf32f(v);
+        });
+    }
+    __device__ __forceinline__ void store(float* out) {
+        each([&](float& v, int m, int col) { out[m * (D + 1) + col] = v; });
     }
 };
 

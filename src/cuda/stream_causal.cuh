@@ -1,0 +1,166 @@
+// v10 (experiments/gpu-notes.md): the causal forward on warp tiles, for the sizes of v9's kernels
+// (bf16/fp16, kernel normalisation, P = L = 4, D = 64 or 128). One block per (segment, head,
+// batch entry) walks its segment in chunks of 128 tokens, warp w on tokens 16w .. 16w + 15:
+//
+//   o_i = (phi(q_i) S + sum_{j <= i in the chunk} (phi(q_i) . phi(k_j)) [v_j, 1]) normalised,
+//
+// with S the state before the chunk (DESIGN.md §4). Per chunk:
+//   1. each warp computes its keys' features and writes them twice: transposed (phiT, the A
+//      operand of the state update) and in B-fragment order (phiKB: each lane stores the
+//      fragments it holds, so the intra-chunk products read them with one 8-byte load), with
+//      [v, 1]^T (vT); it also computes its queries' features, kept in registers; barrier;
+//   2. each warp: num = phi(q) S (S arranged in shared memory as in v9), plus the masked
+//      products with the key tiles 0..w of the chunk, normalises and stores its o rows; and
+//      adds the whole chunk to its slice of S (registers, float32, from the segment's start
+//      state); barrier;
+//   3. each warp writes its slice back into the arranged S (TF32) for the next chunk, beside
+//      step 1 of the next chunk (no barrier between them: they touch different buffers).
+#pragma once
+
+#include "stream_kernels.cuh"
+
+namespace racesp::cuda {
+
+template <class T, int D>
+struct CausalLayout {
+    using Base = StreamLayout<T, D>;
+    static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
+    static constexpr int NTW = Base::NTW;
+    std::size_t wpu, sa, phiT, phiKB, vT, total;
+    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), total(0) {
+        std::size_t at = 0;
+        auto take = [&](std::size_t bytes) {
+            const std::size_t here = at;
+            at += (bytes + 127) / 128 * 128;
+            return here;
+        };
+        wpu = take(D / 8 * 2 * 32 * sizeof(float2));
+        sa = take(8 * NTW * 32 * sizeof(float2));
+        phiT = take(warp::kM * Base::ldT * sizeof(float));
+        phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
+        vT = take(NTW * 8 * Base::ldV * sizeof(T));
+        total = at;
+    }
+};
+
+template <class T, int D>
+__global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forward_kernel(const SegmentArgs<T> a) {
+    using Lay = CausalLayout<T, D>;
+    using namespace warp;
+    constexpr Lay lay;
+    constexpr int NTD = D / 8, NTW = NTD + 1, kChunk = Lay::kChunk;
+    constexpr int ldT = Lay::Base::ldT, ldV = Lay::Base::ldV;
+    extern __shared__ __align__(128) unsigned char sm[];
+    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
+    float2* sa = reinterpret_cast<float2*>(sm + lay.sa);
+    float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
+    float2* phiKB = reinterpret_cast<float2*>(sm + lay.phiKB);
+    T* vT = reinterpret_cast<T*>(sm + lay.vT);
+
+    const Dims& d = a.d;
+    const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
+    const long long row_stride = static_cast<long long>(d.H) * D;
+    const long long bh = static_cast<long long>(b) * d.H + h;
+    auto row_of = [&](int tok) { return (static_cast<long long>(b) * d.T + tok) * row_stride + static_cast<long long>(h) * D; };
+    const int seg_begin = seg * d.NS, seg_end = min(d.T, seg_begin + d.NS);
+    const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
+
+    stream::arrange_projection<D>(wpu, a.planes + h * static_cast<long long>(kLP) * D);
+    stream::arrange_state<D>(sa, s_start);
+    for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // columns D+1.. stay 0
+    stream::StateSlice<T, D> slice;
+    slice.load(s_start);
+    __syncthreads();
+
+    for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
+        const int t0 = c0 + kTile * warp_id;
+        const int n = max(0, min(kTile, seg_end - t0));
+        const long long row0 = row_of(min(t0, seg_end - 1));
+        const int col0 = kTile * warp_id;
+        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features.
+        float phq[2][kR];
+        {
+            Rows<T, D> xk, xv;
+            xk.load(a.k, row0, row_stride, n);
+            xv.load(a.v, row0, row_stride, n);
+            float u[2][kP], phk[2][kR];
+            project<T, D>(xk, wpu, u);
+            features(u, d.beta, n, phk);
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+#pragma unroll
+                for (int bb = 0; bb < kR; ++bb) phiT[(kR * t + bb) * ldT + col0 + g + 8 * r] = tf32f(phk[r][bb]);
+            // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks)
+#pragma unroll
+                for (int r = 0; r < 2; ++r)
+                    phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] = make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
+            unsigned short* v16 = reinterpret_cast<unsigned short*>(vT);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int tok = col0 + g + 8 * r;
+#pragma unroll
+                for (int s = 0; s < D / 32; ++s) {
+                    const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
+#pragma unroll
+                    for (int j = 0; j < 8; ++j)
+                        v16[(32 * s + 8 * t + j) * ldV + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
+                }
+                if (t == 0) vT[D * ldV + tok] = from_float<T>(static_cast<int>(g) + 8 * r < n ? 1.0f : 0.0f);
+            }
+            Rows<T, D> xq;
+            xq.load(a.q, row0, row_stride, n);
+            project<T, D>(xq, wpu, u);
+            features(u, d.beta, n, phq);
+        }
+        __syncthreads();  // phiT, phiKB, vT of the chunk; sa holds S before the chunk
+
+        // 2. o of the warp's queries, then the chunk into the slice of S.
+        float num[NTW][4] = {};
+        stream::times_state<NTW, NTW>(phq, sa, num);
+        for (int j = 0; j <= warp_id; ++j) {
+            // att = phi(q) phi(k_j)^T (16 x 16, n-tile nt: keys 8nt .. 8nt + 7 of tile j), masked.
+            float att[2][4] = {};
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks) {
+                std::uint32_t af[4];
+                feature_frag(phq, ks, af);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
+            }
+            if (j == warp_id) {
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        if (8 * nt + 2 * t + e % 2 > static_cast<int>(g) + 8 * (e / 2)) att[nt][e] = 0.0f;
+            }
+            // num += att [v, 1]: att's C tile nt is the A fragment of k-step nt (k = t: key 2t,
+            // k = t + 4: key 2t + 1 of the n-tile), so B pairs neighbouring keys of vT.
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const std::uint32_t af[4] = {tf32(att[nt][0]), tf32(att[nt][2]), tf32(att[nt][1]), tf32(att[nt][3])};
+                const int key = kTile * j + 8 * nt + 2 * t;
+#pragma unroll
+                for (int ntv = 0; ntv < NTW; ++ntv) {
+                    std::uint32_t b0, b1;
+                    stream::StateSlice<T, D>::b_pair(vT, out_col<D>(ntv, g) * ldV + key, b0, b1);
+                    mma(num[ntv], af, b0, b1);
+                }
+            }
+        }
+        float inv[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
+        store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+        slice.template add<ldT, ldV, kChunk>(phiT, vT);
+        __syncthreads();  // every read of sa, phiT, phiKB, vT for this chunk is done
+
+        // 3. S after the chunk, arranged for the next one.
+        slice.store_arranged(sa);
+    }
+}
+
+}  // namespace racesp::cuda
