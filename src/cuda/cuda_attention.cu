@@ -158,11 +158,16 @@ struct Engine::Impl {
                 if (d.D == 128) return launch_stream<T, 128>(pass, grid, a);
                 return launch_stream<T, 64>(pass, grid, a);
             }
-            // v10: the causal forward of the kernel normalisation on warp tiles (stream_causal.cuh).
-            if (sizes && d.causal && !d.bucket && pass == Pass::forward) {
+            // v10, v11: the causal forward and query totals of the kernel normalisation on warp tiles
+            // (stream_causal.cuh).
+            if (sizes && d.causal && !d.bucket && (pass == Pass::forward || pass == Pass::query_state)) {
                 a.d = d;
-                if (d.D == 128) return go(causal_forward_kernel<T, 128>, grid, CausalLayout<T, 128>().total, a, CausalLayout<T, 128>::kThreads);
-                return go(causal_forward_kernel<T, 64>, grid, CausalLayout<T, 64>().total, a, CausalLayout<T, 64>::kThreads);
+                if (pass == Pass::forward) {
+                    if (d.D == 128) return launch_sweep<T, 128, false>(grid, a);
+                    return launch_sweep<T, 64, false>(grid, a);
+                }
+                if (d.D == 128) return launch_sweep<T, 128, true>(grid, a);
+                return launch_sweep<T, 64, true>(grid, a);
             }
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
             // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
@@ -196,6 +201,11 @@ struct Engine::Impl {
             case Pass::query_state: go(stream_kernel<T, D, Pass::query_state>, grid, bytes, a, threads); break;
             case Pass::backward: go(stream_kernel<T, D, Pass::backward>, grid, bytes, a, threads); break;
         }
+    }
+    template <class T, int D, bool totals>
+    void launch_sweep(dim3 grid, const SegmentArgs<T>& a) {
+        using Lay = CausalLayout<T, D, totals>;
+        go(causal_sweep_kernel<T, D, totals>, grid, Lay().total, a, Lay::kThreads);
     }
     template <class K, class A>
     void go(K kernel, dim3 grid, std::size_t bytes, const A& a, int threads = kBlockThreads) {

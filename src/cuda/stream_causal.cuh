@@ -5,8 +5,8 @@
 //   o_i = (phi(q_i) S + sum_{j <= i in the chunk} (phi(q_i) . phi(k_j)) [v_j, 1]) normalised,
 //
 // with S the state before the chunk (DESIGN.md §4). Per chunk:
-//   1. each warp computes its keys' features and writes them twice: transposed (phiT, the A
-//      operand of the state update) and in B-fragment order (phiKB: each lane stores the
+//   1. each warp computes its keys' features and writes them transposed (phiT, the A operand of
+//      the state update) and, in the forward, in B-fragment order (phiKB: each lane stores the
 //      fragments it holds, so the intra-chunk products read them with one 8-byte load), with
 //      [v, 1]^T (vT); it also computes its queries' features, kept in registers; barrier;
 //   2. each warp: num = phi(q) S (S arranged in shared memory as in v9), plus the masked
@@ -15,19 +15,26 @@
 //      state); barrier;
 //   3. each warp writes its slice back into the arranged S (TF32) for the next chunk, beside
 //      step 1 of the next chunk (no barrier between them: they touch different buffers).
+//
+// v11: the same sweep gives the causal query totals (`totals`): U of the segment = sum of
+// phi(q)^T Wm, Wm = [G / den, -(G . o) / den] from num in place of the o store. Step 1 also
+// writes the queries' features transposed (phiQT); step 2 writes Wm^T; step 3 adds the chunk to
+// the warp's slice of U, and a third barrier keeps phiQT and Wm^T until every warp has read them.
+// To fit in shared memory with Wm^T (74 KB at D=128), the intra-chunk product reads the keys'
+// features from phiT there (phiKB is the forward's).
 #pragma once
 
 #include "stream_kernels.cuh"
 
 namespace racesp::cuda {
 
-template <class T, int D>
+template <class T, int D, bool totals>
 struct CausalLayout {
     using Base = StreamLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
     static constexpr int NTW = Base::NTW;
-    std::size_t wpu, sa, phiT, phiKB, vT, total;
-    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), total(0) {
+    std::size_t wpu, sa, phiT, phiKB, vT, phiQT, wmT, total;
+    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), phiQT(0), wmT(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -37,15 +44,19 @@ struct CausalLayout {
         wpu = take(D / 8 * 2 * 32 * sizeof(float2));
         sa = take(8 * NTW * 32 * sizeof(float2));
         phiT = take(warp::kM * Base::ldT * sizeof(float));
-        phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
+        if (!totals) phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
         vT = take(NTW * 8 * Base::ldV * sizeof(T));
+        if (totals) {
+            phiQT = take(warp::kM * Base::ldT * sizeof(float));
+            wmT = take(NTW * 8 * Base::ldT * sizeof(float));
+        }
         total = at;
     }
 };
 
-template <class T, int D>
-__global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forward_kernel(const SegmentArgs<T> a) {
-    using Lay = CausalLayout<T, D>;
+template <class T, int D, bool totals>
+__global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causal_sweep_kernel(const SegmentArgs<T> a) {
+    using Lay = CausalLayout<T, D, totals>;
     using namespace warp;
     constexpr Lay lay;
     constexpr int NTD = D / 8, NTW = NTD + 1, kChunk = Lay::kChunk;
@@ -56,6 +67,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
     float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
     float2* phiKB = reinterpret_cast<float2*>(sm + lay.phiKB);
     T* vT = reinterpret_cast<T*>(sm + lay.vT);
+    float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
+    float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
 
     const Dims& d = a.d;
     const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -71,6 +84,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
     for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // columns D+1.. stay 0
     stream::StateSlice<T, D> slice;
     slice.load(s_start);
+    stream::StateSlice<float, D> u_slice;  // totals: U of the segment, from zero
     __syncthreads();
 
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
@@ -78,8 +92,10 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
         const int n = max(0, min(kTile, seg_end - t0));
         const long long row0 = row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
-        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features.
+        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features (and with
+        // totals, phiQT and the dout rows).
         float phq[2][kR];
+        Rows<T, D> xg;
         {
             Rows<T, D> xk, xv;
             xk.load(a.k, row0, row_stride, n);
@@ -87,33 +103,23 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
             float u[2][kP], phk[2][kR];
             project<T, D>(xk, wpu, u);
             features(u, d.beta, n, phk);
+            stream::put_features_t<ldT>(phiT, col0, phk);
+            if constexpr (!totals) {
+                // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
 #pragma unroll
-            for (int r = 0; r < 2; ++r)
+                for (int ks = 0; ks < 8; ++ks)
 #pragma unroll
-                for (int bb = 0; bb < kR; ++bb) phiT[(kR * t + bb) * ldT + col0 + g + 8 * r] = tf32f(phk[r][bb]);
-            // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
-#pragma unroll
-            for (int ks = 0; ks < 8; ++ks)
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] = make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
-            unsigned short* v16 = reinterpret_cast<unsigned short*>(vT);
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int tok = col0 + g + 8 * r;
-#pragma unroll
-                for (int s = 0; s < D / 32; ++s) {
-                    const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
-#pragma unroll
-                    for (int j = 0; j < 8; ++j)
-                        v16[(32 * s + 8 * t + j) * ldV + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
-                }
-                if (t == 0) vT[D * ldV + tok] = from_float<T>(static_cast<int>(g) + 8 * r < n ? 1.0f : 0.0f);
+                    for (int r = 0; r < 2; ++r)
+                        phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] =
+                            make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
             }
+            stream::put_values_t<T, D, ldV>(vT, col0, xv, n);
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
+            if constexpr (totals) xg.load(a.dout, row0, row_stride, n);
             project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
+            if constexpr (totals) stream::put_features_t<ldT>(phiQT, col0, phq);
         }
         __syncthreads();  // phiT, phiKB, vT of the chunk; sa holds S before the chunk
 
@@ -128,7 +134,14 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
                 std::uint32_t af[4];
                 feature_frag(phq, ks, af);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
+                for (int nt = 0; nt < 2; ++nt) {
+                    if constexpr (totals) {
+                        const float* f = phiT + feat_of(t, ks, 0) * ldT + kTile * j + 8 * nt + g;
+                        mma(att[nt], af, __float_as_uint(f[0]), __float_as_uint(f[ldT]));
+                    } else {
+                        mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
+                    }
+                }
             }
             if (j == warp_id) {
 #pragma unroll
@@ -151,16 +164,27 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_forwar
                 }
             }
         }
-        float inv[2];
+        if constexpr (totals) {
+            stream::normalised_gradient<T, D>(num, xg, n);
+            stream::put_tiles_t<D, ldT>(wmT, col0, num);
+        } else {
+            float inv[2];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
-        store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+            for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
+            store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+        }
         slice.template add<ldT, ldV, kChunk>(phiT, vT);
-        __syncthreads();  // every read of sa, phiT, phiKB, vT for this chunk is done
+        __syncthreads();  // every read of sa, phiT, phiKB, vT for this chunk is done (totals: phiQT, Wm^T written)
 
-        // 3. S after the chunk, arranged for the next one.
+        // 3. S after the chunk, arranged for the next one (totals: the chunk into U).
         slice.store_arranged(sa);
+        if constexpr (totals) {
+            u_slice.template add<ldT, ldT, kChunk>(phiQT, wmT);
+            __syncthreads();  // phiQT and Wm^T read before the next chunk's step 1
+        }
     }
+    if constexpr (totals)
+        u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
 }
 
 }  // namespace racesp::cuda

@@ -127,6 +127,77 @@ __device__ __forceinline__ void times_state_t(Frag frag, const float2* st, float
         }
 }
 
+// The tile's features transposed into phiT ([feature][token], ld ldT), rounded to TF32 (read
+// only as tensor-core operands); col0 is the tile's first token column.
+template <int ldT>
+__device__ __forceinline__ void put_features_t(float* phiT, int col0, const float (&phi)[2][warp::kR]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int b = 0; b < warp::kR; ++b) phiT[(warp::kR * t + b) * ldT + col0 + g + 8 * r] = warp::tf32f(phi[r][b]);
+}
+
+// [v, 1]^T of the tile into vT ([column][token], ld ldV): the rows' 16-bit values as they are
+// (exact in TF32), and 1 in column D for the tile's n valid tokens.
+template <class T, int D, int ldV>
+__device__ __forceinline__ void put_values_t(T* vT, int col0, const warp::Rows<T, D>& xv, int n) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+    unsigned short* v16 = reinterpret_cast<unsigned short*>(vT);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int tok = col0 + g + 8 * r;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s) {
+            const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                v16[(32 * s + 8 * t + j) * ldV + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
+        }
+        if (t == 0) vT[D * ldV + tok] = from_float<T>(g + 8 * r < n ? 1.0f : 0.0f);
+    }
+}
+
+// Wm = [G / den, -(G . o) / den] (kernel normalisation, o = num[:, :D] / den) in place of num
+// (C tiles over D + 1 columns), rounded to TF32; rows at or beyond n get zeros.
+template <class T, int D>
+__device__ __forceinline__ void normalised_gradient(float (&wm)[D / 8 + 1][4], const warp::Rows<T, D>& xg, int n) {
+    constexpr int NTD = D / 8;
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        // The normaliser is column D: lane t = 0's element 2r of the last tile.
+        const float den = __shfl_sync(0xffffffffu, wm[NTD][2 * r], warp::lane_id() & ~3u);
+        const float inv = g + 8 * r < n ? 1.0f / den : 0.0f;
+        float go = 0.0f;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s) {
+            float gr[8];
+            xg.floats(r, s, gr);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                float& x = wm[4 * s + j / 2][2 * r + j % 2];
+                go += gr[j] * (x * inv);
+                x = warp::tf32f(gr[j] * inv);
+            }
+        }
+        go += __shfl_xor_sync(0xffffffffu, go, 1);
+        go += __shfl_xor_sync(0xffffffffu, go, 2);
+        wm[NTD][2 * r] = t == 0 ? warp::tf32f(-go * inv) : 0.0f;
+        wm[NTD][2 * r + 1] = 0.0f;
+    }
+}
+
+// C tiles over D + 1 columns transposed into bT ([column][token], ld ldB).
+template <int D, int ldB>
+__device__ __forceinline__ void put_tiles_t(float* bT, int col0, const float (&c)[D / 8 + 1][4]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int nt = 0; nt < D / 8 + 1; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) bT[warp::out_col<D>(nt, 2 * t + e % 2) * ldB + col0 + g + 8 * (e / 2)] = c[nt][e];
+}
+
 // The warp's slice of a state (M x W) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i, and
 // for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T from phiT
 // ([feature][token], ld ldT), B from bT ([column][token]): the k-step's tokens are permuted
@@ -348,20 +419,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 xv.load(a.v, row0, row_stride, n);
                 project<T, D>(xk, wpu, u);
                 features(u, d.beta, n, phi);
-                // [v, 1]^T: the rows' 16-bit values as they are (exact in TF32).
-                unsigned short* vT = reinterpret_cast<unsigned short*>(bT);
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int tok = col0 + g + 8 * r;
-#pragma unroll
-                    for (int s = 0; s < D / 32; ++s) {
-                        const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
-#pragma unroll
-                        for (int j = 0; j < 8; ++j)
-                            vT[(32 * s + 8 * t + j) * ldB + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
-                    }
-                    if (t == 0) bT[D * ldB + tok] = from_float<T>(static_cast<int>(g) + 8 * r < n ? 1.0f : 0.0f);
-                }
+                stream::put_values_t<T, D, ldB>(bT, col0, xv, n);
             } else {
                 // Query totals with v8's split: also dq and the queries' part of dbeta.
                 Rows<T, D> xq, xg;
@@ -371,28 +429,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 features(u, d.beta, n, phi);
                 float wm[NTW][4] = {};
                 stream::times_state<NTW, NTW>(phi, sa, wm);
-                // Wm = [G / den, -(G . o) / den] with o = num[:, :D] / den, in num's registers.
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const float den = __shfl_sync(0xffffffffu, wm[NTD][2 * r], lane_id() & ~3u);
-                    const float inv = static_cast<int>(g) + 8 * r < n ? 1.0f / den : 0.0f;
-                    float go = 0.0f;
-#pragma unroll
-                    for (int s = 0; s < D / 32; ++s) {
-                        float gr[8];
-                        xg.floats(r, s, gr);
-#pragma unroll
-                        for (int j = 0; j < 8; ++j) {
-                            float& x = wm[4 * s + j / 2][2 * r + j % 2];
-                            go += gr[j] * (x * inv);
-                            x = tf32f(gr[j] * inv);
-                        }
-                    }
-                    go += __shfl_xor_sync(0xffffffffu, go, 1);
-                    go += __shfl_xor_sync(0xffffffffu, go, 2);
-                    wm[NTD][2 * r] = t == 0 ? tf32f(-go * inv) : 0.0f;
-                    wm[NTD][2 * r + 1] = 0.0f;
-                }
+                stream::normalised_gradient<T, D>(wm, xg, n);
                 // dL/dphi(q) = Wm S^T: Wm's C tile nt is the A fragment of k-step nt.
                 float dph[2][kR];
                 stream::times_state_t<D>(
@@ -402,11 +439,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                     },
                     st, dph);
                 // Wm^T into bT for U += phi(q)^T Wm.
-#pragma unroll
-                for (int nt = 0; nt < NTW; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        bT[out_col<D>(nt, 2 * t + e % 2) * ldB + col0 + g + 8 * (e / 2)] = wm[nt][e];
+                stream::put_tiles_t<D, ldB>(bT, col0, wm);
                 float dz[2][kP];
                 dbeta += features_backward(u, phi, dph, d.beta, dz);
                 float dq[NTD][4];
@@ -414,11 +447,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 const float one[2] = {1.0f, 1.0f};
                 if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
             }
-            // phi^T (rounded: read only as an operand).
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-#pragma unroll
-                for (int bb = 0; bb < kR; ++bb) phiT[(kR * t + bb) * Lay::ldT + col0 + g + 8 * r] = tf32f(phi[r][bb]);
+            stream::put_features_t<Lay::ldT>(phiT, col0, phi);
             __syncthreads();  // the chunk's phi^T and right-hand rows
             slice.template add<Lay::ldT, ldB, kChunk>(phiT, bT);
             __syncthreads();  // read before the next chunk overwrites them
