@@ -162,6 +162,13 @@ std::vector<Case> cases() {
             many.T = 2500;
             many.B = 1;
             v.push_back(many);
+            // v9-v11 warp tiles (16 tokens; the sums and sweeps in chunks of 128): a sequence
+            // shorter than one tile, and one that ends two tokens into its second chunk.
+            for (std::int64_t T : {5, 130}) {
+                Case tile{64, 4, 4, causal, bucket, DType::bf16};
+                tile.T = T;
+                v.push_back(tile);
+            }
             // Head sizes whose rows are not whole 16-byte vectors: the element-wise row path.
             v.push_back({30, 3, 2, causal, bucket, DType::f32});
             v.push_back({36, 3, 2, causal, bucket, DType::bf16});
