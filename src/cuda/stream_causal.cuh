@@ -71,15 +71,13 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
     float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
 
     const Dims& d = a.d;
-    const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const stream::SegmentBlock<D> blk(d);
+    const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
+    const long long row_stride = blk.row_stride, bh = blk.bh;
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    const long long row_stride = static_cast<long long>(d.H) * D;
-    const long long bh = static_cast<long long>(b) * d.H + h;
-    auto row_of = [&](int tok) { return (static_cast<long long>(b) * d.T + tok) * row_stride + static_cast<long long>(h) * D; };
-    const int seg_begin = seg * d.NS, seg_end = min(d.T, seg_begin + d.NS);
     const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
-    stream::arrange_projection<D>(wpu, a.planes + h * static_cast<long long>(kLP) * D);
+    stream::arrange_projection<D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     stream::arrange_state<D>(sa, s_start);
     for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // columns D+1.. stay 0
     stream::StateSlice<T, D> slice;
@@ -90,7 +88,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
         const int t0 = c0 + kTile * warp_id;
         const int n = max(0, min(kTile, seg_end - t0));
-        const long long row0 = row_of(min(t0, seg_end - 1));
+        const long long row0 = blk.row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
         // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features (and with
         // totals, phiQT and the dout rows).
@@ -169,8 +167,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
             stream::put_tiles_t<D, ldT>(wmT, col0, num);
         } else {
             float inv[2];
-#pragma unroll
-            for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
+            stream::inverse_normaliser(num, inv);
             store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
         }
         slice.template add<ldT, ldV, kChunk>(phiT, vT);

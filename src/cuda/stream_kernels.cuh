@@ -52,6 +52,26 @@ struct StreamLayout {
 
 namespace stream {
 
+// The block's segment, head and batch entry, and where its tokens' rows start.
+template <int D>
+struct SegmentBlock {
+    int seg, h, b, begin, end;  // tokens [begin, end) of the segment
+    long long row_stride, bh;   // elements between tokens' rows; the (batch, head) index
+    long long T;
+    __device__ explicit SegmentBlock(const Dims& d)
+        : seg(blockIdx.x), h(blockIdx.y), b(blockIdx.z), begin(seg * d.NS), end(min(d.T, begin + d.NS)),
+          row_stride(static_cast<long long>(d.H) * D), bh(static_cast<long long>(b) * d.H + h), T(d.T) {}
+    __device__ long long row_of(int tok) const { return (b * T + tok) * row_stride + static_cast<long long>(h) * D; }
+};
+
+// 1 / the normaliser of the lane's two rows: num's column D, lane t = 0's element 2r of the last tile.
+template <int NTW>
+__device__ __forceinline__ void inverse_normaliser(const float (&num)[NTW][4], float (&inv)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTW - 1][2 * r], warp::lane_id() & ~3u);
+}
+
+
 // Wp^T as B operand of the projection: k-step ks (columns in_col), n-tile nt (planes proj_col).
 template <int D>
 __device__ void arrange_projection(float2* out, const float* wp) {
@@ -319,14 +339,12 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
     float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
 
     const Dims& d = a.d;
-    const int seg = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const stream::SegmentBlock<D> blk(d);
+    const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
+    const long long row_stride = blk.row_stride, bh = blk.bh;
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    const long long row_stride = static_cast<long long>(d.H) * D;
-    const long long bh = static_cast<long long>(b) * d.H + h;
     const long long state_size = static_cast<long long>(kM) * W;
-    const float* wp = a.planes + h * static_cast<long long>(kLP) * D;
-    auto row_of = [&](int tok) { return (static_cast<long long>(b) * d.T + tok) * row_stride + static_cast<long long>(h) * D; };
-    const int seg_begin = seg * d.NS, seg_end = min(d.T, seg_begin + d.NS);
+    const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
 
     stream::arrange_projection<D>(wpu, wp);
     if constexpr (pass == Pass::query_state || pass == Pass::backward) stream::arrange_planes_out<D>(wpd, wp);
@@ -348,7 +366,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
         // One tile per warp at a time, no barrier.
         for (int t0 = seg_begin + kTile * warp_id; t0 < seg_end; t0 += kTile * Lay::kWarps) {
             const int n = min(kTile, seg_end - t0);
-            const long long row0 = row_of(t0);
+            const long long row0 = blk.row_of(t0);
             float u[2][kP], phi[2][kR];
             if constexpr (pass == Pass::forward) {
                 Rows<T, D> xq;
@@ -357,10 +375,9 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 features(u, d.beta, n, phi);
                 float num[NTW][4] = {};
                 stream::times_state<NTW, NTW>(phi, sa, num);
-                // o = num[:, :D] / num[:, D]; the normaliser is column D: lane t = 0's c0 (c2: row g+8).
+                // o = num[:, :D] / num[:, D].
                 float inv[2];
-#pragma unroll
-                for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTD][2 * r], lane_id() & ~3u);
+                stream::inverse_normaliser(num, inv);
                 store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
             } else {
                 // Keys' side (v8's split: dq came from the query totals pass).
@@ -412,7 +429,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
         for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
             const int t0 = c0 + kTile * warp_id;
             const int n = max(0, min(kTile, seg_end - t0));
-            const long long row0 = row_of(min(t0, seg_end - 1));
+            const long long row0 = blk.row_of(min(t0, seg_end - 1));
             const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
             float u[2][kP], phi[2][kR];
             if constexpr (pass == Pass::key_state) {
