@@ -57,8 +57,13 @@ def record(d, path, results):
     rel = path.relative_to(results)
     folder = str(rel.parent) if str(rel.parent) != "." else rel.stem
     if d.get("bench", "").startswith("cuda_"):
-        # the committed gpu-*.jsonl in results/ are by kernel version; newer runs by their folder
-        version = gpu_version(path.name) if path.parent == results else ""
+        # the committed gpu-*.jsonl in results/ are by kernel version; newer runs by their folder,
+        # whose name carries the version where it has one (h200-seqlen-v10, h200x4-v11-weak)
+        if path.parent == results:
+            version = gpu_version(path.name)
+        else:
+            m = re.search(r"-v(\d+)", rel.parts[0])
+            version = f"v{m.group(1)}" if m else ""
         method = f"racesp_cuda_bench {version} {d.get('dtype', '')}".replace("  ", " ")
         if d.get("normalization", "kernel") != "kernel":
             method += f" {d['normalization']} normalization"
