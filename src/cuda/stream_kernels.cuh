@@ -24,7 +24,7 @@ template <class T, int D>
 struct StreamLayout {
     static constexpr int kWarps = 8, kThreads = 32 * kWarps;
     static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
-    static constexpr int W = D + 1, NTD = D / 8, NTW = NTD + 1;
+    static constexpr int NTD = D / 8, NTW = NTD + 1;
     static constexpr int ldT = kChunk + 8;   // floats: 8 mod 32, conflict-free 8-byte fragment loads
     static constexpr int ldV = kChunk + 10;  // T elements
     std::size_t red, wpu, wpd, sa, st, phiT, bT, total;

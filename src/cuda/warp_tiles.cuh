@@ -28,7 +28,7 @@
 namespace racesp::cuda::warp {
 
 constexpr int kTile = 16;  // tokens per warp tile
-constexpr int kP = 4, kL = 4, kR = 16, kM = 64, kLP = 16;  // the sizes v9 is written for
+constexpr int kP = 4, kR = 16, kM = 64, kLP = 16;  // the sizes v9 is written for (L = 4 tables)
 
 __device__ __forceinline__ unsigned lane_id() { return threadIdx.x % 32; }
 
