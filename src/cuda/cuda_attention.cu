@@ -16,6 +16,7 @@
 #include "racesp/errors.hpp"
 #include "segment_kernel.cuh"
 #include "stream_causal.cuh"
+#include "stream_causal_backward.cuh"
 #include "stream_kernels.cuh"
 #include "state_scan.hpp"
 
@@ -83,6 +84,7 @@ struct Engine::Impl {
     DeviceBuffer<float> planes;
     DeviceBuffer<float> seg_s, seg_u;     // per-segment forward / backward states
     DeviceBuffer<float> glob_s, glob_u;   // non-causal: the one global state, float32
+    DeviceBuffer<float> end_s;            // causal: the forward state after the shard, float32
     DeviceBuffer<double> dbeta_part, dbeta_sum;
 
     Dims dims(const Shape& s, DType dtype) const {
@@ -158,8 +160,13 @@ struct Engine::Impl {
                 if (d.D == 128) return launch_stream<T, 128>(pass, grid, a);
                 return launch_stream<T, 64>(pass, grid, a);
             }
-            // v10, v11: the causal forward and query totals of the kernel normalisation on warp tiles
-            // (stream_causal.cuh).
+            // v10, v11, v12: the causal forward, query totals and backward of the kernel
+            // normalisation on warp tiles (stream_causal.cuh, stream_causal_backward.cuh).
+            if (sizes && d.causal && !d.bucket && pass == Pass::backward) {
+                a.d = d;
+                if (d.D == 128) return launch_backward_sweep<T, 128>(grid, a);
+                return launch_backward_sweep<T, 64>(grid, a);
+            }
             if (sizes && d.causal && !d.bucket && (pass == Pass::forward || pass == Pass::query_state)) {
                 a.d = d;
                 if (pass == Pass::forward) {
@@ -206,6 +213,11 @@ struct Engine::Impl {
     void launch_sweep(dim3 grid, const SegmentArgs<T>& a) {
         using Lay = CausalLayout<T, D, totals>;
         go(causal_sweep_kernel<T, D, totals>, grid, Lay().total, a, Lay::kThreads);
+    }
+    template <class T, int D>
+    void launch_backward_sweep(dim3 grid, const SegmentArgs<T>& a) {
+        using Lay = CausalBackwardLayout<T, D>;
+        go(causal_backward_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
     }
     template <class K, class A>
     void go(K kernel, dim3 grid, std::size_t bytes, const A& a, int threads = kBlockThreads) {
@@ -261,6 +273,7 @@ struct Engine::Impl {
         a.u_start = u_start;
         a.u_seg_stride = u_stride;
         a.u_end = u_end;
+        a.s_end = end_s.data();
         a.dbeta_part = dbeta_part.data();
         a.split_dq = split_dq != nullptr;
         launch<T>(pass, d, a, batch);
@@ -319,8 +332,14 @@ struct Engine::Impl {
         t.k = &k;
         t.v = &v;
         run(Pass::key_state, k.dtype, d, t, s.batch, seg_s.data(), nullptr, 0);
-        exclusive_scan_segments(seg_s.data(), incoming.data(), seqs, d.nseg, state_size(), stream);
+        scan_key_totals(incoming, seqs, d.nseg);
         return {seg_s.data(), state_size()};
+    }
+    // Causal: seg_s's key totals become every segment's start state, and end_s gets the state
+    // after the shard (v12's backward walks each segment from its end).
+    void scan_key_totals(const DeviceState& incoming, std::int64_t seqs, int nseg) {
+        end_s.reserve(seqs * state_size());
+        exclusive_scan_segments(seg_s.data(), incoming.data(), seqs, nseg, state_size(), stream, end_s.data());
     }
 };
 
@@ -523,8 +542,7 @@ void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const De
     combine_keys(s);
     if (m.config.causal && k.shape.tokens > 0) {
         const Dims d = m.dims(k.shape, k.dtype);
-        exclusive_scan_segments(m.seg_s.data(), s.data(), k.shape.batch * k.shape.heads, d.nseg, m.state_size(),
-                                m.stream);
+        m.scan_key_totals(s, k.shape.batch * k.shape.heads, d.nseg);
         m.starts_ready = true;
     }
     forward(q, k, v, s, o);
@@ -556,7 +574,7 @@ double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const
         s = make_state(k.shape);
         key_state(k, v, s);
         combine_keys(s);
-        if (causal) exclusive_scan_segments(m.seg_s.data(), s.data(), seqs, d.nseg, m.state_size(), m.stream);
+        if (causal) m.scan_key_totals(s, seqs, d.nseg);
     }
     m.kept = {};  // taken, or no longer matching
     m.starts_ready = causal;

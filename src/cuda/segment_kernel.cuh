@@ -52,6 +52,7 @@ struct SegmentArgs {
     const float* u_start;     // backward state at each segment's start, likewise
     long long u_seg_stride;
     const float* u_end;       // causal backward: the state after the shard (incoming), [B, H, M, W]
+    const float* s_end;       // causal backward (v12): the forward state after the shard, [B, H, M, W]
     double* dbeta_part;       // backward: one float64 per block
     bool split_dq;            // v8, non-causal: query totals also give dq; the backward the keys' side only
 };

@@ -22,7 +22,7 @@ __global__ void sum_segments_kernel(const float* seg, double* out, long long seq
     out[idx] = acc;
 }
 
-__global__ void exclusive_scan_kernel(float* seg, const double* incoming, long long sequences,
+__global__ void exclusive_scan_kernel(float* seg, const double* incoming, float* end, long long sequences,
                                       long long nseg, long long size) {
     const long long idx = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
     if (idx >= sequences * size) return;
@@ -34,6 +34,7 @@ __global__ void exclusive_scan_kernel(float* seg, const double* incoming, long l
         p[g * size] = static_cast<float>(acc);
         acc += x;
     }
+    if (end) end[idx] = static_cast<float>(acc);
 }
 
 __global__ void reverse_inclusive_scan_kernel(float* seg, const double* incoming, long long sequences,
@@ -82,10 +83,10 @@ void sum_segments(const float* seg, double* out, std::int64_t sequences, std::in
 }
 
 void exclusive_scan_segments(float* seg, const double* incoming, std::int64_t sequences,
-                             std::int64_t nseg, std::int64_t state_size, cudaStream_t stream) {
+                             std::int64_t nseg, std::int64_t state_size, cudaStream_t stream, float* end) {
     const std::int64_t n = sequences * state_size;
     if (n == 0 || nseg == 0) return;
-    exclusive_scan_kernel<<<blocks_for(n), threads, 0, stream>>>(seg, incoming, sequences, nseg, state_size);
+    exclusive_scan_kernel<<<blocks_for(n), threads, 0, stream>>>(seg, incoming, end, sequences, nseg, state_size);
     CUDA_CHECK_LAUNCH(exclusive_scan_kernel);
 }
 

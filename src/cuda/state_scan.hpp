@@ -11,9 +11,11 @@ namespace racesp::cuda {
 // out[s, e] = sum over segments of seg[s, g, e]  (s: sequence = batch*head, e: state element).
 void sum_segments(const float* seg, double* out, std::int64_t sequences, std::int64_t nseg,
                   std::int64_t state_size, cudaStream_t stream);
-// In place: seg[s, g] becomes incoming[s] + sum_{g' < g} seg[s, g'] (the state at segment g's start).
+// In place: seg[s, g] becomes incoming[s] + sum_{g' < g} seg[s, g'] (the state at segment g's start);
+// end[s], when given, gets incoming[s] + the sum over every segment (the state after the last).
 void exclusive_scan_segments(float* seg, const double* incoming, std::int64_t sequences,
-                             std::int64_t nseg, std::int64_t state_size, cudaStream_t stream);
+                             std::int64_t nseg, std::int64_t state_size, cudaStream_t stream,
+                             float* end = nullptr);
 // In place: seg[s, g] becomes incoming[s] + sum_{g' >= g} seg[s, g'] (the backward state at g's start).
 void reverse_inclusive_scan_segments(float* seg, const double* incoming, std::int64_t sequences,
                                      std::int64_t nseg, std::int64_t state_size, cudaStream_t stream);

@@ -152,7 +152,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
             // k = t + 4: key 2t + 1 of the n-tile), so B pairs neighbouring keys of vT.
 #pragma unroll
             for (int nt = 0; nt < 2; ++nt) {
-                const std::uint32_t af[4] = {tf32(att[nt][0]), tf32(att[nt][2]), tf32(att[nt][1]), tf32(att[nt][3])};
+                std::uint32_t af[4];
+                c_as_a(att[nt], af);
                 const int key = kTile * j + 8 * nt + 2 * t;
 #pragma unroll
                 for (int ntv = 0; ntv < NTW; ++ntv) {

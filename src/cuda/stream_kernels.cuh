@@ -342,7 +342,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
     const stream::SegmentBlock<D> blk(d);
     const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
     const long long row_stride = blk.row_stride, bh = blk.bh;
-    const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
+    const int warp_id = threadIdx.x / 32;
     const long long state_size = static_cast<long long>(kM) * W;
     const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
 
@@ -388,22 +388,8 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 features(u, d.beta, n, phi);
                 // dL/dphi(k) = [v, 1] U^T.
                 float dph[2][kR];
-                stream::times_state_t<D>(
-                    [&](int ks, std::uint32_t(&af)[4]) {
-                        if (ks < NTD) {
-                            float f0[8], f1[8];
-                            xv.floats(0, ks / 4, f0);
-                            xv.floats(1, ks / 4, f1);
-                            const int c = ks % 4;
-                            af[0] = __float_as_uint(f0[2 * c]), af[1] = __float_as_uint(f1[2 * c]);
-                            af[2] = __float_as_uint(f0[2 * c + 1]), af[3] = __float_as_uint(f1[2 * c + 1]);
-                        } else {
-                            af[0] = __float_as_uint(t == 0 && static_cast<int>(g) < n ? 1.0f : 0.0f);
-                            af[1] = __float_as_uint(t == 0 && static_cast<int>(g) + 8 < n ? 1.0f : 0.0f);
-                            af[2] = af[3] = 0u;
-                        }
-                    },
-                    st, dph);
+                stream::times_state_t<D>([&](int ks, std::uint32_t(&af)[4]) { values_frag<T, D>(xv, ks, n, af); }, st,
+                                         dph);
                 // dL/dz first: dL/dphi(k) is then dead while dv's 64 accumulators live (v9 spilled
                 // 192 bytes at 128 registers with the other order).
                 float dz[2][kP];

@@ -173,6 +173,31 @@ __device__ __forceinline__ void feature_frag(const float (&phi)[2][kR], int ks, 
     a[3] = tf32(phi[1][2 * ks + 1]);
 }
 
+// A fragment of k-step ks over the D + 1 columns of [x, 1] (in_col order) from rows in the row
+// layout; the extra k-step holds the ones column for the tile's n valid rows.
+template <class T, int D>
+__device__ __forceinline__ void values_frag(const Rows<T, D>& x, int ks, int n, std::uint32_t (&a)[4]) {
+    const unsigned g = lane_id() / 4, t = lane_id() % 4;
+    if (ks < D / 8) {
+        float f0[8], f1[8];
+        x.floats(0, ks / 4, f0);
+        x.floats(1, ks / 4, f1);
+        const int c = ks % 4;
+        a[0] = __float_as_uint(f0[2 * c]), a[1] = __float_as_uint(f1[2 * c]);
+        a[2] = __float_as_uint(f0[2 * c + 1]), a[3] = __float_as_uint(f1[2 * c + 1]);
+    } else {
+        a[0] = __float_as_uint(t == 0 && static_cast<int>(g) < n ? 1.0f : 0.0f);
+        a[1] = __float_as_uint(t == 0 && static_cast<int>(g) + 8 < n ? 1.0f : 0.0f);
+        a[2] = a[3] = 0u;
+    }
+}
+
+// A C tile (16 x 8) as the A fragment of the next product's k-step over its 8 columns, rounded
+// to TF32: k = t is C's column 2t, k = t + 4 column 2t + 1, so the B operand pairs neighbours.
+__device__ __forceinline__ void c_as_a(const float (&c)[4], std::uint32_t (&a)[4]) {
+    a[0] = tf32(c[0]), a[1] = tf32(c[2]), a[2] = tf32(c[1]), a[3] = tf32(c[3]);
+}
+
 // Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward,
 // same arithmetic): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to TF32: read only as
 // the operand of dz Wp); returns the lane's part of dL/dbeta.
