@@ -12,11 +12,12 @@
 //      [v, 1]^T (vT); barrier;
 //   2. all: S minus the chunk's keys (each warp a share of the state's tiles); barrier;
 //   3. queries: num = phi(q) S + sum_{j <= i in the chunk} (phi(q_i) . phi(k_j)) [v_j, 1],
-//      Wm = [G / den, -(G . o) / den] into Wm^T;
+//      Wm = [G / den, -(G . o) / den] into Wm^T, and the blocks phi(q_i) . phi(k_j) and
+//      Wm_i . [v_j, 1] (j <= i) into shared memory for both sides;
 //      keys: the state terms dL/dphi(k) = [v, 1] U^T and dv = phi(k) U[:, :D]; barrier;
 //   4. queries: dL/dphi(q_i) = Wm_i S^T + sum_{j <= i} (Wm_i . [v_j, 1]) phi(k_j), then dq;
-//      keys: + sum_{i >= j in the chunk} ([v_j, 1] . Wm_i) phi(q_i) and (phi(k_j) . phi(q_i)) Wm_i,
-//      then dk, dv;
+//      keys: + sum_{i >= j in the chunk} ([v_j, 1] . Wm_i) phi(q_i) and (phi(k_j) . phi(q_i)) Wm_i
+//      from the same blocks, then dk, dv;
 //      all: U plus the chunk's queries; barrier.
 // The states are B operands read straight from the float32 copy; see SharedState for the layout
 // that serves both products and for the rounding to TF32.
@@ -34,9 +35,12 @@ struct CausalBackwardLayout {
     static constexpr int ldV = kChunk + 10;  // T elements
     static constexpr int kRows = D + 8;      // columns of [x, 1] padded to whole n-tiles
     static constexpr int kStateFloats = warp::kM * (D + 1) + 8;
-    std::size_t red, wpu, wpd, s, u, phiKT, phiQT, vT, wmT, total;
+    static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
+    static constexpr int ldP = 24;  // floats: rows 24 apart, a half-warp's 8-byte loads hit distinct banks
+    static constexpr int kBlockFloats = warp::kTile * ldP;
+    std::size_t red, wpu, wpd, s, u, phiKT, phiQT, vT, wmT, pairs, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), phiKT(0), phiQT(0), vT(0), wmT(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), phiKT(0), phiQT(0), vT(0), wmT(0), pairs(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -52,6 +56,7 @@ struct CausalBackwardLayout {
         phiQT = take(warp::kM * ldT * sizeof(float));
         vT = take(kRows * ldV * sizeof(T));
         wmT = take(kRows * ldT * sizeof(float));
+        pairs = take(kPairs * 2 * kBlockFloats * sizeof(float));
         total = at;
     }
 };
@@ -134,17 +139,16 @@ __device__ __forceinline__ std::uint32_t value_bits(const T* vT, int at) {
     else return __float_as_uint(__half2float(__ushort_as_half(h)));
 }
 
-// A 16 x 16 block of a tile with itself (C tiles nt = 0, 1: row token g + 8 (e / 2), column token
-// 8 nt + 2t + e % 2): zeroes the entries whose column token comes after the row token
-// (keep_lower: keys after a query) or before it (!keep_lower: queries before a key).
-__device__ __forceinline__ void mask_diagonal(float (&c)[2][4], bool keep_lower) {
+// A 16 x 16 block of a query tile with the same tokens' key tile (C tiles nt = 0, 1: query
+// g + 8 (e / 2), key 8 nt + 2t + e % 2): zeroes the entries of keys after the query.
+__device__ __forceinline__ void mask_diagonal(float (&c)[2][4]) {
     const int g = lane_id() / 4, t = lane_id() % 4;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int col = 8 * nt + 2 * t + e % 2, row = g + 8 * (e / 2);
-            if (keep_lower ? col > row : col < row) c[nt][e] = 0.0f;
+            if (col > row) c[nt][e] = 0.0f;
         }
 }
 
@@ -185,6 +189,35 @@ __device__ __forceinline__ void add_chunk(float* x, float sign, const float* phi
         }
 }
 
+// The 16 x 16 blocks of query tile i against key tile j <= i that both sides use, computed once by
+// the queries' warp: block 0 = phi(q) phi(k)^T, block 1 = Wm [v, 1]^T, masked on the diagonal,
+// TF32, stored [key][query] (ld ldP) from their C tiles (row: query g + 8 (e/2), column: key
+// 8 nt + 2t + e % 2).
+__host__ __device__ constexpr int pair_of(int i, int j) { return i * (i + 1) / 2 + j; }
+template <int ldP>
+__device__ __forceinline__ void put_block(float* blk, const float (&c)[2][4]) {
+    const int g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) blk[(8 * nt + 2 * t + e % 2) * ldP + g + 8 * (e / 2)] = tf32f(c[nt][e]);
+}
+// As the queries' A fragment of k-step nt over the keys (what c_as_a gives from C tile nt).
+template <int ldP>
+__device__ __forceinline__ void block_for_queries(const float* blk, int nt, std::uint32_t (&a)[4]) {
+    const int g = lane_id() / 4, k = 8 * nt + 2 * (lane_id() % 4);
+    a[0] = __float_as_uint(blk[k * ldP + g]), a[1] = __float_as_uint(blk[k * ldP + g + 8]);
+    a[2] = __float_as_uint(blk[(k + 1) * ldP + g]), a[3] = __float_as_uint(blk[(k + 1) * ldP + g + 8]);
+}
+// Transposed, as the keys' A fragment of k-step nq over the queries (keys g, g + 8 as rows).
+template <int ldP>
+__device__ __forceinline__ void block_for_keys(const float* blk, int nq, std::uint32_t (&a)[4]) {
+    const int g = lane_id() / 4, q = 8 * nq + 2 * (lane_id() % 4);
+    const float2 lo = *reinterpret_cast<const float2*>(blk + g * ldP + q);
+    const float2 hi = *reinterpret_cast<const float2*>(blk + (g + 8) * ldP + q);
+    a[0] = __float_as_uint(lo.x), a[1] = __float_as_uint(hi.x), a[2] = __float_as_uint(lo.y), a[3] = __float_as_uint(hi.y);
+}
+
 // dL/dphi in the lane's (row, bucket) layout from the C tiles over features of by_columns.
 __device__ __forceinline__ void dphi_of(const float (&acc)[8][4], float (&dph)[2][kR]) {
 #pragma unroll
@@ -215,6 +248,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
     T* vT = reinterpret_cast<T*>(sm + lay.vT);
     float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
+    float* pairs = reinterpret_cast<float*>(sm + lay.pairs);
+    constexpr int ldP = Lay::ldP, kBlock = Lay::kBlockFloats;
     auto v_at = [](int col, int tok) { return col * ldV + tok; };
     auto w_at = [](int col, int tok) { return wm_at<ldT>(col, tok); };
 
@@ -298,7 +333,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                             __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 1), key)]));
                     }
                 }
-                if (j == tile) mask_diagonal(att, true);
+                if (j == tile) mask_diagonal(att);
+                put_block<ldP>(pairs + (2 * pair_of(tile, j)) * kBlock, att);
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) {
                     std::uint32_t af[4];
@@ -314,6 +350,22 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             }
             stream::normalised_gradient<T, D>(wide, x2, n);
             put_wm<D, ldT>(wmT, col0, wide);
+            for (int j = 0; j <= tile; ++j) {
+                float att[2][4] = {};  // Wm [v_j, 1]^T
+#pragma unroll
+                for (int ks = 0; ks < NTW; ++ks) {
+                    std::uint32_t af[4];
+                    c_as_a(wide[ks], af);  // already TF32: Wm's C tile ks as k-step ks over columns
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        const int key = kTile * j + 8 * nt + g;
+                        mma(att[nt], af, value_bits(vT, v_at(in_col<D>(ks, t, 0), key)),
+                            value_bits(vT, v_at(in_col<D>(ks, t, 1), key)));
+                    }
+                }
+                if (j == tile) mask_diagonal(att);
+                put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
+            }
         } else {
 #pragma unroll
             for (int ks = 0; ks < NTW; ++ks) {
@@ -335,7 +387,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
             for (int ks = 0; ks < NTW; ++ks) {
                 std::uint32_t af[4];
-                c_as_a(wide[ks], af);  // already TF32: Wm's C tile ks as k-step ks over columns
+                c_as_a(wide[ks], af);
 #pragma unroll
                 for (int nt = 0; nt < 8; ++nt) {
                     std::uint32_t b0, b1;
@@ -344,23 +396,10 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 }
             }
             for (int j = 0; j <= tile; ++j) {
-                float att[2][4] = {};  // Wm [v_j, 1]^T
-#pragma unroll
-                for (int ks = 0; ks < NTW; ++ks) {
-                    std::uint32_t af[4];
-                    c_as_a(wide[ks], af);
-#pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        const int key = kTile * j + 8 * nt + g;
-                        mma(att[nt], af, value_bits(vT, v_at(in_col<D>(ks, t, 0), key)),
-                            value_bits(vT, v_at(in_col<D>(ks, t, 1), key)));
-                    }
-                }
-                if (j == tile) mask_diagonal(att, true);
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt) {
                     std::uint32_t af[4];
-                    c_as_a(att[nt], af);
+                    block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, nt, af);  // Wm [v_j, 1]^T
                     const int key = kTile * j + 8 * nt + 2 * t;
 #pragma unroll
                     for (int nf = 0; nf < 8; ++nf)
@@ -374,42 +413,17 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
         } else {
             for (int i = tile; i < Lay::kTiles; ++i) {
-                float vw[2][4] = {}, kq[2][4] = {};  // [v, 1] Wm_i^T and phi(k) phi(q_i)^T
-#pragma unroll
-                for (int ks = 0; ks < NTW; ++ks) {
-                    std::uint32_t af[4];
-                    values_frag<T, D>(x2, ks, n, af);
-#pragma unroll
-                    for (int nq = 0; nq < 2; ++nq) {
-                        const int query = kTile * i + 8 * nq + g;
-                        mma(vw[nq], af, __float_as_uint(wmT[wm_at<ldT>(in_col<D>(ks, t, 0), query)]),
-                            __float_as_uint(wmT[wm_at<ldT>(in_col<D>(ks, t, 1), query)]));
-                    }
-                }
-#pragma unroll
-                for (int ks = 0; ks < 8; ++ks) {
-                    std::uint32_t af[4];
-                    feature_frag(phi, ks, af);
-#pragma unroll
-                    for (int nq = 0; nq < 2; ++nq) {
-                        const int query = kTile * i + 8 * nq + g;
-                        mma(kq[nq], af, __float_as_uint(phiQT[phi_at<ldT>(feat_of(t, ks, 0), query)]),
-                            __float_as_uint(phiQT[phi_at<ldT>(feat_of(t, ks, 1), query)]));
-                    }
-                }
-                if (i == tile) {
-                    mask_diagonal(vw, false);
-                    mask_diagonal(kq, false);
-                }
+                const float* kq = pairs + 2 * pair_of(i, tile) * kBlock;  // phi(q_i) phi(k)^T
+                const float* vw = kq + kBlock;                          // Wm_i [v, 1]^T
 #pragma unroll
                 for (int nq = 0; nq < 2; ++nq) {
                     const int query = kTile * i + 8 * nq + 2 * t;
                     std::uint32_t af[4];
-                    c_as_a(vw[nq], af);
+                    block_for_keys<ldP>(vw, nq, af);
 #pragma unroll
                     for (int nf = 0; nf < 8; ++nf)
                         mma(dph[nf], af, *reinterpret_cast<const float2*>(phiQT + phi_at<ldT>(kR * (g / 2) + 2 * nf + g % 2, query)));
-                    c_as_a(kq[nq], af);
+                    block_for_keys<ldP>(kq, nq, af);
 #pragma unroll
                     for (int nt = 0; nt < NTD; ++nt)
                         mma(wide[nt], af, *reinterpret_cast<const float2*>(wmT + wm_at<ldT>(out_col<D>(nt, g), query)));

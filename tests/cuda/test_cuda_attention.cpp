@@ -253,100 +253,112 @@ TEST(CudaFixedSizes, SameAsRunTimeSizes) {
 }
 
 // Shards on one device through the incoming-state API (host sums stand in for the collectives)
-// equal the whole sequence, with an empty shard among them.
+// equal the whole sequence, with an empty shard among them: fp32 on the segment kernels (1e-5),
+// and bf16 at the warp-tile kernels' sizes (v9-v12: D=64, P=L=4; the causal backward starts each
+// shard's last segment from the forward state after the shard), where both runs round their
+// outputs to bf16 after float32 sums in another order (1e-2, as cuda_mpi's GpuRanksWarpTiles).
 TEST(CudaShards, IncomingStatesEqualOneShard) {
     SKIP_WITHOUT_GPU();
-    for (bool causal : {false, true})
-        for (bool bucket : {false, true}) {
-            Case c{32, 3, 2, causal, bucket, DType::f32};
-            c.T = 300;
-            const AttentionConfig cfg = config_of(c);
-            const Planes planes(cfg, c.H, c.D);
-            const Inputs in = make_inputs(c, 5);
-            const GpuOut whole = run_gpu(c, cfg, planes, in);
-            const std::int64_t bounds[] = {0, 131, 131, 300};  // shards [0,131), [131,131), [131,300)
-            const int shards = 3;
-            cuda::Engine engine(cfg, planes);
-            const std::int64_t row = c.H * c.D;
-            auto slice = [&](const std::vector<float>& x, int s) {
-                return std::vector<float>(x.begin() + bounds[s] * row, x.begin() + bounds[s + 1] * row);
-            };
-            ASSERT_EQ(c.B, 2);
-            // One batch entry at a time keeps the slicing simple: tokens of entry b are contiguous.
-            std::vector<float> o(in.q.size()), dq(o.size()), dk(o.size()), dv(o.size());
-            double dbeta = 0;
-            for (std::int64_t b = 0; b < c.B; ++b) {
-                auto part = [&](const std::vector<float>& x) {
-                    return std::vector<float>(x.begin() + b * c.T * row, x.begin() + (b + 1) * c.T * row);
+    struct Kind {
+        std::int64_t D;
+        int P, L;
+        DType dtype;
+    };
+    for (const Kind kind : {Kind{32, 3, 2, DType::f32}, Kind{64, 4, 4, DType::bf16}})
+        for (bool causal : {false, true})
+            for (bool bucket : {false, true}) {
+                Case c{kind.D, kind.P, kind.L, causal, bucket, kind.dtype};
+                c.T = 300;
+                const AttentionConfig cfg = config_of(c);
+                const Planes planes(cfg, c.H, c.D);
+                const Inputs in = make_inputs(c, 5);
+                const GpuOut whole = run_gpu(c, cfg, planes, in);
+                const std::int64_t bounds[] = {0, 131, 131, 300};  // shards [0,131), [131,131), [131,300)
+                const int shards = 3;
+                cuda::Engine engine(cfg, planes);
+                const std::int64_t row = c.H * c.D;
+                auto slice = [&](const std::vector<float>& x, int s) {
+                    return std::vector<float>(x.begin() + bounds[s] * row, x.begin() + bounds[s + 1] * row);
                 };
-                const auto q = part(in.q), k = part(in.k), v = part(in.v), g = part(in.dout);
-                std::vector<std::unique_ptr<GpuTensor>> tq, tk, tv, tg;
-                std::vector<cuda::DeviceState> S, U;
-                const std::int64_t ssize = static_cast<std::int64_t>(cfg.features()) * (c.D + 1) * c.H;
-                std::vector<std::vector<double>> hs(shards, std::vector<double>(ssize)), hu = hs;
-                for (int s = 0; s < shards; ++s) {
-                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
-                    tq.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
-                    tk.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
-                    tv.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
-                    tg.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
-                    tq[s]->upload(slice(q, s));
-                    tk[s]->upload(slice(k, s));
-                    tv[s]->upload(slice(v, s));
-                    tg[s]->upload(slice(g, s));
-                    S.push_back(engine.make_state(sh));
-                    U.push_back(engine.make_state(sh));
-                    engine.key_state(tk[s]->view(), tv[s]->view(), S[s]);
-                    GPU_CHECK(cudaStreamSynchronize(engine.stream()));
-                    GPU_CHECK(cudaMemcpy(hs[s].data(), S[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
-                }
-                // Allreduce or exscan on the host.
-                auto combine = [&](std::vector<std::vector<double>>& h, std::vector<cuda::DeviceState>& d, bool reverse) {
+                ASSERT_EQ(c.B, 2);
+                // One batch entry at a time keeps the slicing simple: tokens of entry b are contiguous.
+                std::vector<float> o(in.q.size()), dq(o.size()), dk(o.size()), dv(o.size());
+                double dbeta = 0;
+                for (std::int64_t b = 0; b < c.B; ++b) {
+                    auto part = [&](const std::vector<float>& x) {
+                        return std::vector<float>(x.begin() + b * c.T * row, x.begin() + (b + 1) * c.T * row);
+                    };
+                    const auto q = part(in.q), k = part(in.k), v = part(in.v), g = part(in.dout);
+                    std::vector<std::unique_ptr<GpuTensor>> tq, tk, tv, tg;
+                    std::vector<cuda::DeviceState> S, U;
+                    const std::int64_t ssize = static_cast<std::int64_t>(cfg.features()) * (c.D + 1) * c.H;
+                    std::vector<std::vector<double>> hs(shards, std::vector<double>(ssize)), hu = hs;
                     for (int s = 0; s < shards; ++s) {
-                        std::vector<double> acc(ssize, 0.0);
-                        for (int r = 0; r < shards; ++r) {
-                            const bool take = !causal || (reverse ? r > s : r < s);
-                            if (take)
-                                for (std::int64_t e = 0; e < ssize; ++e) acc[e] += h[r][e];
-                        }
-                        GPU_CHECK(cudaMemcpy(d[s].data(), acc.data(), ssize * 8, cudaMemcpyHostToDevice));
+                        const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                        tq.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                        tk.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                        tv.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                        tg.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                        tq[s]->upload(slice(q, s));
+                        tk[s]->upload(slice(k, s));
+                        tv[s]->upload(slice(v, s));
+                        tg[s]->upload(slice(g, s));
+                        S.push_back(engine.make_state(sh));
+                        U.push_back(engine.make_state(sh));
+                        engine.key_state(tk[s]->view(), tv[s]->view(), S[s]);
+                        GPU_CHECK(cudaStreamSynchronize(engine.stream()));
+                        GPU_CHECK(cudaMemcpy(hs[s].data(), S[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
                     }
-                };
-                combine(hs, S, false);
-                for (int s = 0; s < shards; ++s) {
-                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
-                    GpuTensor to(sh, c.dtype);
-                    to.poison();
-                    engine.forward(tq[s]->view(), tk[s]->view(), tv[s]->view(), S[s], to.view());
-                    engine.query_state(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s]);
-                    GPU_CHECK(cudaStreamSynchronize(engine.stream()));
-                    GPU_CHECK(cudaMemcpy(hu[s].data(), U[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
-                    const auto os = to.download();
-                    std::copy(os.begin(), os.end(), o.begin() + (b * c.T + bounds[s]) * row);
+                    // Allreduce or exscan on the host.
+                    auto combine = [&](std::vector<std::vector<double>>& h, std::vector<cuda::DeviceState>& d, bool reverse) {
+                        for (int s = 0; s < shards; ++s) {
+                            std::vector<double> acc(ssize, 0.0);
+                            for (int r = 0; r < shards; ++r) {
+                                const bool take = !causal || (reverse ? r > s : r < s);
+                                if (take)
+                                    for (std::int64_t e = 0; e < ssize; ++e) acc[e] += h[r][e];
+                            }
+                            GPU_CHECK(cudaMemcpy(d[s].data(), acc.data(), ssize * 8, cudaMemcpyHostToDevice));
+                        }
+                    };
+                    combine(hs, S, false);
+                    for (int s = 0; s < shards; ++s) {
+                        const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                        GpuTensor to(sh, c.dtype);
+                        to.poison();
+                        engine.forward(tq[s]->view(), tk[s]->view(), tv[s]->view(), S[s], to.view());
+                        engine.query_state(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s]);
+                        GPU_CHECK(cudaStreamSynchronize(engine.stream()));
+                        GPU_CHECK(cudaMemcpy(hu[s].data(), U[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
+                        const auto os = to.download();
+                        std::copy(os.begin(), os.end(), o.begin() + (b * c.T + bounds[s]) * row);
+                    }
+                    combine(hu, U, true);
+                    for (int s = 0; s < shards; ++s) {
+                        const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
+                        GpuTensor a(sh, c.dtype), bk(sh, c.dtype), cv(sh, c.dtype);
+                        a.poison();
+                        bk.poison();
+                        cv.poison();
+                        dbeta += engine.backward(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s],
+                                                 a.view(), bk.view(), cv.view());
+                        const auto x = a.download(), y = bk.download(), z = cv.download();
+                        std::copy(x.begin(), x.end(), dq.begin() + (b * c.T + bounds[s]) * row);
+                        std::copy(y.begin(), y.end(), dk.begin() + (b * c.T + bounds[s]) * row);
+                        std::copy(z.begin(), z.end(), dv.begin() + (b * c.T + bounds[s]) * row);
+                    }
                 }
-                combine(hu, U, true);
-                for (int s = 0; s < shards; ++s) {
-                    const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
-                    GpuTensor a(sh, c.dtype), bk(sh, c.dtype), cv(sh, c.dtype);
-                    a.poison();
-                    bk.poison();
-                    cv.poison();
-                    dbeta += engine.backward(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s],
-                                             a.view(), bk.view(), cv.view());
-                    const auto x = a.download(), y = bk.download(), z = cv.download();
-                    std::copy(x.begin(), x.end(), dq.begin() + (b * c.T + bounds[s]) * row);
-                    std::copy(y.begin(), y.end(), dk.begin() + (b * c.T + bounds[s]) * row);
-                    std::copy(z.begin(), z.end(), dv.begin() + (b * c.T + bounds[s]) * row);
-                }
+                SCOPED_TRACE(name(c));
+                const double otol = c.dtype == DType::f32 ? 1e-5 : 1e-2;
+                const double gtol = grad_tolerance(c, otol);
+                std::printf("  %s shards vs whole: o %.2e dq %.2e dk %.2e dv %.2e\n", name(c).c_str(), rel_error(o, whole.o),
+                            rel_error(dq, whole.dq), rel_error(dk, whole.dk), rel_error(dv, whole.dv));
+                EXPECT_LT(rel_error(o, whole.o), otol);
+                EXPECT_LT(rel_error(dq, whole.dq), gtol);
+                EXPECT_LT(rel_error(dk, whole.dk), gtol);
+                EXPECT_LT(rel_error(dv, whole.dv), gtol);
+                EXPECT_NEAR(dbeta, whole.dbeta, gtol * std::max(1.0, std::abs(whole.dbeta)));
             }
-            SCOPED_TRACE(name(c));
-            const double gtol = grad_tolerance(c, 1e-5);
-            EXPECT_LT(rel_error(o, whole.o), 1e-5);
-            EXPECT_LT(rel_error(dq, whole.dq), gtol);
-            EXPECT_LT(rel_error(dk, whole.dk), gtol);
-            EXPECT_LT(rel_error(dv, whole.dv), gtol);
-            EXPECT_NEAR(dbeta, whole.dbeta, gtol * std::max(1.0, std::abs(whole.dbeta)));
-        }
 }
 
 // A backward that reuses the forward's key totals (Engine::KeyTotals) gives the bits of one that
