@@ -31,9 +31,10 @@ def flush():
         print(name, " ".join(f"{k.split('.')[0].split('__')[-1]}={v}" for k, v in vals.items()),
               "stalls:", " ".join(f"{k}={v:.2f}" for k, v in top))
 for line in open(sys.argv[1], errors="replace"):
-    m = re.match(r"\s*(?:void )?(racesp::cuda::\S+?)<(.*?)>\(", line)
-    if m and "(" in line and "Context" in line or (m and "Device" in line):
-        flush(); name, vals, stalls = re.sub(r"racesp::cuda::", "", m.group(1)) + "<" + m.group(2)[:60] + ">", {}, {}
+    # A launch's header: "void [racesp::cuda::]name<args>(SegmentArgs<...>) (grid)x(block), Context .."
+    m = re.match(r"\s*(?:void )?(?:racesp::cuda::)?(\w+)<(.*?)>\(", line)
+    if m and ("Context" in line or "Device" in line):
+        flush(); name, vals, stalls = m.group(1) + "<" + m.group(2)[:60] + ">", {}, {}
         continue
     parts = line.split()
     if len(parts) >= 2 and parts[0] in want:

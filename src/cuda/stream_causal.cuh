@@ -141,27 +141,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
                     }
                 }
             }
-            if (j == warp_id) {
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (8 * nt + 2 * t + e % 2 > static_cast<int>(g) + 8 * (e / 2)) att[nt][e] = 0.0f;
-            }
-            // num += att [v, 1]: att's C tile nt is the A fragment of k-step nt (k = t: key 2t,
-            // k = t + 4: key 2t + 1 of the n-tile), so B pairs neighbouring keys of vT.
-#pragma unroll
-            for (int nt = 0; nt < 2; ++nt) {
-                std::uint32_t af[4];
-                c_as_a(att[nt], af);
-                const int key = kTile * j + 8 * nt + 2 * t;
-#pragma unroll
-                for (int ntv = 0; ntv < NTW; ++ntv) {
-                    std::uint32_t b0, b1;
-                    stream::StateSlice<T, D>::b_pair(vT, out_col<D>(ntv, g) * ldV + key, b0, b1);
-                    mma(num[ntv], af, b0, b1);
-                }
-            }
+            if (j == warp_id) stream::mask_diagonal(att);
+            stream::times_values<T, D, ldV>(att, vT, kTile * j, num);  // num += att [v, 1]
         }
         if constexpr (totals) {
             stream::normalised_gradient<T, D>(num, xg, n);

@@ -139,19 +139,6 @@ __device__ __forceinline__ std::uint32_t value_bits(const T* vT, int at) {
     else return __float_as_uint(__half2float(__ushort_as_half(h)));
 }
 
-// A 16 x 16 block of a query tile with the same tokens' key tile (C tiles nt = 0, 1: query
-// g + 8 (e / 2), key 8 nt + 2t + e % 2): zeroes the entries of keys after the query.
-__device__ __forceinline__ void mask_diagonal(float (&c)[2][4]) {
-    const int g = lane_id() / 4, t = lane_id() % 4;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int col = 8 * nt + 2 * t + e % 2, row = g + 8 * (e / 2);
-            if (col > row) c[nt][e] = 0.0f;
-        }
-}
-
 // x (a SharedState's elements) += sign * phi^T B over the chunk: 4 x NTW C tiles of the state, the
 // warp w of 8 taking m-tile w % 4 of the n-tiles w / 4, w / 4 + 2, ...; phi^T from phiT (swizzled),
 // B's column c at token tok from bT[b_at(c, tok)] (a pair of neighbouring tokens).
@@ -216,17 +203,6 @@ __device__ __forceinline__ void block_for_keys(const float* blk, int nq, std::ui
     const float2 lo = *reinterpret_cast<const float2*>(blk + g * ldP + q);
     const float2 hi = *reinterpret_cast<const float2*>(blk + (g + 8) * ldP + q);
     a[0] = __float_as_uint(lo.x), a[1] = __float_as_uint(hi.x), a[2] = __float_as_uint(lo.y), a[3] = __float_as_uint(hi.y);
-}
-
-// dL/dphi in the lane's (row, bucket) layout from the C tiles over features of by_columns.
-__device__ __forceinline__ void dphi_of(const float (&acc)[8][4], float (&dph)[2][kR]) {
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            dph[r][2 * nt] = acc[nt][2 * r];
-            dph[r][2 * nt + 1] = acc[nt][2 * r + 1];
-        }
 }
 
 }  // namespace causal_backward
@@ -333,20 +309,9 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                             __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 1), key)]));
                     }
                 }
-                if (j == tile) mask_diagonal(att);
+                if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j)) * kBlock, att);
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    std::uint32_t af[4];
-                    c_as_a(att[nt], af);
-                    const int key = kTile * j + 8 * nt + 2 * t;
-#pragma unroll
-                    for (int ntv = 0; ntv < NTW; ++ntv) {
-                        std::uint32_t b0, b1;
-                        stream::StateSlice<T, D>::b_pair(vT, v_at(out_col<D>(ntv, g), key), b0, b1);
-                        mma(wide[ntv], af, b0, b1);
-                    }
-                }
+                stream::times_values<T, D, ldV>(att, vT, kTile * j, wide);  // num += att [v, 1]
             }
             stream::normalised_gradient<T, D>(wide, x2, n);
             put_wm<D, ldT>(wmT, col0, wide);
@@ -363,7 +328,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                             value_bits(vT, v_at(in_col<D>(ks, t, 1), key)));
                     }
                 }
-                if (j == tile) mask_diagonal(att);
+                if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
         } else {
@@ -407,7 +372,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 }
             }
             float dphi[2][kR], dz[2][kP], dq[NTD][4];
-            dphi_of(dph, dphi);
+            stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
             planes_out<D>(dz, wpd, dq);
             store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
@@ -430,7 +395,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 }
             }
             float dphi[2][kR], dz[2][kP], dk[NTD][4];
-            dphi_of(dph, dphi);
+            stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
             store_rows<T, D>(a.dv, row0, row_stride, n, wide, one);
             planes_out<D>(dz, wpd, dk);

@@ -127,6 +127,18 @@ __device__ __forceinline__ void times_state(const float (&phi)[2][warp::kR], con
     }
 }
 
+// dL/dphi in the lane's (row, bucket) layout from C tiles over features in arrange_state_t's
+// order (n-tile nt, column 2t + h: table t, bucket 2nt + h).
+__device__ __forceinline__ void dphi_of(const float (&acc)[8][4], float (&dph)[2][warp::kR]) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            dph[r][2 * nt] = acc[nt][2 * r];
+            dph[r][2 * nt + 1] = acc[nt][2 * r + 1];
+        }
+}
+
 // dL/dphi (dph[r][b]) = R X^T, R given per k-step by `frag(ks, a)`.
 template <int D, class Frag>
 __device__ __forceinline__ void times_state_t(Frag frag, const float2* st, float (&dph)[2][warp::kR]) {
@@ -138,13 +150,18 @@ __device__ __forceinline__ void times_state_t(Frag frag, const float2* st, float
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) warp::mma(acc[nt], a, st[(ks * 8 + nt) * 32 + warp::lane_id()]);
     }
+    dphi_of(acc, dph);
+}
+
+// A 16 x 16 block of a query tile with the same tokens' key tile (C tiles nt = 0, 1: query
+// g + 8 (e / 2), key 8 nt + 2t + e % 2): zeroes the entries of keys after the query.
+__device__ __forceinline__ void mask_diagonal(float (&c)[2][4]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            dph[r][2 * nt] = acc[nt][2 * r];
-            dph[r][2 * nt + 1] = acc[nt][2 * r + 1];
-        }
+        for (int e = 0; e < 4; ++e)
+            if (8 * nt + 2 * t + e % 2 > g + 8 * (e / 2)) c[nt][e] = 0.0f;
 }
 
 // The tile's features transposed into phiT ([feature][token], ld ldT), rounded to TF32 (read
@@ -316,6 +333,26 @@ struct StateSlice {
         each([&](float& v, int m, int col) { out[m * (D + 1) + col] = v; });
     }
 };
+
+// acc += att [v, 1] for a 16-key block att (C tiles over keys key0 + 0..15) and [v, 1]^T in vT
+// ([column][token], ld ldV): att's C tile nt is the A fragment of k-step nt (k = t: key 2t,
+// k = t + 4: key 2t + 1 of the n-tile), so B pairs neighbouring keys of vT.
+template <class T, int D, int ldV>
+__device__ __forceinline__ void times_values(const float (&att)[2][4], const T* vT, int key0, float (&acc)[D / 8 + 1][4]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+        std::uint32_t af[4];
+        warp::c_as_a(att[nt], af);
+        const int key = key0 + 8 * nt + 2 * t;
+#pragma unroll
+        for (int ntv = 0; ntv < D / 8 + 1; ++ntv) {
+            std::uint32_t b0, b1;
+            StateSlice<T, D>::b_pair(vT, warp::out_col<D>(ntv, g) * ldV + key, b0, b1);
+            warp::mma(acc[ntv], af, b0, b1);
+        }
+    }
+}
 
 }  // namespace stream
 
