@@ -5,10 +5,14 @@
 // the sequence contributes as a device float64 buffer [B, H, M, D+1], so sequence parallelism is
 // only collectives around these calls (NcclCollectives, or any Collectives on device buffers).
 //
-//   non-causal: S = Allreduce(key_state(k, v));   forward(q, k, v, S)
+//   non-causal: S = Allreduce(key_state(k, v));   o = forward(q, k, v, S)
 //               U = Allreduce(query_state(..., S)); backward(..., S, U)
-//   causal:     S = Exscan(key_state(k, v));       forward(q, k, v, S)
+//   causal:     S = Exscan(key_state(k, v));       o = forward(q, k, v, S)
 //               U = ReverseExscan(query_state(..., S)); backward(..., S, U)
+//
+// The backward takes the forward's output o, as FlashAttention does: the gradient through the
+// normaliser needs dout . o per token, which the warp-tile kernels read instead of recomputing
+// the forward (v14, experiments/gpu-notes.md); o must be what forward gave for these inputs.
 //
 // Tensors are float32, bfloat16 or float16 (all of one call alike); arithmetic is float32.
 // Tokens are cut into segments of `segment_chunks` chunks of `chunk` tokens: sums over tokens
@@ -94,10 +98,11 @@ public:
     void forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                  const DeviceState& incoming, const DeviceTensor& o);
     void query_state(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                     const DeviceTensor& dout, const DeviceState& incoming, DeviceState& out);
+                     const DeviceTensor& o, const DeviceTensor& dout, const DeviceState& incoming,
+                     DeviceState& out);
     // Returns this shard's part of dL/dbeta (waits for the stream).
     double backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                    const DeviceTensor& dout, const DeviceState& incoming,
+                    const DeviceTensor& o, const DeviceTensor& dout, const DeviceState& incoming,
                     const DeviceState& incoming_backward, const DeviceTensor& dq,
                     const DeviceTensor& dk, const DeviceTensor& dv);
 
@@ -119,8 +124,8 @@ public:
                       KeyTotals key_totals = KeyTotals::recompute);
     // Returns this shard's part of dL/dbeta.
     double backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                         const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
-                         const DeviceTensor& dv, const StateCollective& combine_keys,
+                         const DeviceTensor& o, const DeviceTensor& dout, const DeviceTensor& dq,
+                         const DeviceTensor& dk, const DeviceTensor& dv, const StateCollective& combine_keys,
                          const StateCollective& combine_queries,
                          KeyTotals key_totals = KeyTotals::recompute);
 
@@ -128,7 +133,7 @@ public:
     void attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
                            const DeviceTensor& o);
     double attention_backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                              const DeviceTensor& dout, const DeviceTensor& dq,
+                              const DeviceTensor& o, const DeviceTensor& dout, const DeviceTensor& dq,
                               const DeviceTensor& dk, const DeviceTensor& dv);
 
     // Device bytes of workspace the engine holds for a shard of this shape.

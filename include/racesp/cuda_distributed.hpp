@@ -40,9 +40,11 @@ private:
 StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const DeviceTensor& q,
                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o,
                                      Engine::KeyTotals key_totals = Engine::KeyTotals::recompute);
-// dbeta: dL/dbeta summed over `world` (MPI_Allreduce), identical on every rank.
+// o: the forward's output for these inputs (Engine::backward_step). dbeta: dL/dbeta summed over
+// `world` (MPI_Allreduce), identical on every rank.
 StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm world, const DeviceTensor& q,
-                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& dout,
+                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o,
+                                      const DeviceTensor& dout,
                                       const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
                                       double& dbeta, Engine::KeyTotals key_totals = Engine::KeyTotals::recompute);
 

@@ -451,11 +451,13 @@ void Engine::forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceT
 }
 
 void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                         const DeviceTensor& dout, const DeviceState& incoming, DeviceState& out) {
+                         const DeviceTensor& o, const DeviceTensor& dout, const DeviceState& incoming,
+                         DeviceState& out) {
     Impl& m = *impl_;
     m.check_base(k);
     m.check(k.shape, q, k.dtype, "q");
     m.check(k.shape, v, k.dtype, "v");
+    m.check(k.shape, o, k.dtype, "o");
     m.check(k.shape, dout, k.dtype, "dout");
     m.check_state(incoming, k.shape, "incoming");
     m.check_state(out, k.shape, "out");
@@ -467,6 +469,7 @@ void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const Dev
     t.q = &q;
     t.k = &k;
     t.v = &v;
+    t.o = &o;
     t.dout = &dout;
     if (m.split_dq) {
         m.check(k.shape, *m.split_dq, k.dtype, "dq");
@@ -478,13 +481,14 @@ void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const Dev
 }
 
 double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                        const DeviceTensor& dout, const DeviceState& incoming,
+                        const DeviceTensor& o, const DeviceTensor& dout, const DeviceState& incoming,
                         const DeviceState& incoming_backward, const DeviceTensor& dq,
                         const DeviceTensor& dk, const DeviceTensor& dv) {
     Impl& m = *impl_;
     m.check_base(k);
     m.check(k.shape, q, k.dtype, "q");
     m.check(k.shape, v, k.dtype, "v");
+    m.check(k.shape, o, k.dtype, "o");
     m.check(k.shape, dout, k.dtype, "dout");
     m.check(k.shape, dq, k.dtype, "dq");
     m.check(k.shape, dk, k.dtype, "dk");
@@ -499,6 +503,7 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
     t.q = &q;
     t.k = &k;
     t.v = &v;
+    t.o = &o;
     t.dout = &dout;
     const float* u_start;
     long long u_stride;
@@ -554,8 +559,8 @@ void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const De
 }
 
 double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                             const DeviceTensor& dout, const DeviceTensor& dq, const DeviceTensor& dk,
-                             const DeviceTensor& dv, const StateCollective& combine_keys,
+                             const DeviceTensor& o, const DeviceTensor& dout, const DeviceTensor& dq,
+                             const DeviceTensor& dk, const DeviceTensor& dv, const StateCollective& combine_keys,
                              const StateCollective& combine_queries, KeyTotals key_totals) {
     Impl& m = *impl_;
     Impl::ReadyGuard guard{m};
@@ -580,13 +585,13 @@ double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const
     m.starts_ready = causal;
     if (!m.config.causal && m.split_dq_on) m.split_dq = &dq;  // v8: dq from the query totals pass
     DeviceState u = make_state(k.shape);
-    query_state(q, k, v, dout, s, u);  // seg_u: the query totals of every segment
+    query_state(q, k, v, o, dout, s, u);  // seg_u: the query totals of every segment
     combine_queries(u);
     if (causal) {
         reverse_inclusive_scan_segments(m.seg_u.data(), u.data(), seqs, d.nseg, m.state_size(), m.stream);
         m.u_starts_ready = true;
     }
-    return backward(q, k, v, dout, s, u, dq, dk, dv);
+    return backward(q, k, v, o, dout, s, u, dq, dk, dv);
 }
 
 void Engine::attention_forward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
@@ -598,12 +603,12 @@ void Engine::attention_forward(const DeviceTensor& q, const DeviceTensor& k, con
 }
 
 double Engine::attention_backward(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                                  const DeviceTensor& dout, const DeviceTensor& dq,
+                                  const DeviceTensor& o, const DeviceTensor& dout, const DeviceTensor& dq,
                                   const DeviceTensor& dk, const DeviceTensor& dv) {
     const bool causal = impl_->config.causal;
     cudaStream_t st = impl_->stream;
     auto local = [&](DeviceState& x) { if (causal) x.zero(st); };
-    return backward_step(q, k, v, dout, dq, dk, dv, local, local);
+    return backward_step(q, k, v, o, dout, dq, dk, dv, local, local);
 }
 
 }  // namespace racesp::cuda

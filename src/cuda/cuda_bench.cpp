@@ -117,7 +117,7 @@ Timing run_config(const Bench& b, Collectives& sp, std::int64_t local_tokens) {
                                                         b.recompute_key_totals ? Engine::KeyTotals::recompute
                                                                                : Engine::KeyTotals::keep);
         CUDA_CHECK(cudaEventRecord(e1, engine.stream()));
-        const StepTimes tb = device_distributed_backward(engine, sp, MPI_COMM_WORLD, buf.q, buf.k, buf.v, buf.dout,
+        const StepTimes tb = device_distributed_backward(engine, sp, MPI_COMM_WORLD, buf.q, buf.k, buf.v, buf.o, buf.dout,
                                                          buf.dq, buf.dk, buf.dv, dbeta,
                                                          b.recompute_key_totals ? Engine::KeyTotals::recompute
                                                                                 : Engine::KeyTotals::reuse);

@@ -170,14 +170,15 @@ StepTimes device_distributed_forward(Engine& engine, Collectives& sp, const Devi
 }
 
 StepTimes device_distributed_backward(Engine& engine, Collectives& sp, MPI_Comm world, const DeviceTensor& q,
-                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& dout,
+                                      const DeviceTensor& k, const DeviceTensor& v, const DeviceTensor& o,
+                                      const DeviceTensor& dout,
                                       const DeviceTensor& dq, const DeviceTensor& dk, const DeviceTensor& dv,
                                       double& dbeta, Engine::KeyTotals key_totals) {
     StepTimes t;
     const double t0 = now();
     const bool causal = engine.config().causal;
     const double local = engine.backward_step(
-        q, k, v, dout, dq, dk, dv,
+        q, k, v, o, dout, dq, dk, dv,
         [&](DeviceState& s) {
             if (causal) timed_collective(t, [&] { sp.exscan_sum(s.data(), s.size()); });
             else timed_collective(t, [&] { sp.allreduce_sum(s.data(), s.size()); });
@@ -226,13 +227,19 @@ StepTimes cuda_distributed_backward(Collectives& sp, MPI_Comm world, const Atten
     Stager stage(engine.stream());
     const Shape s = q.shape();
     OwnedTensor tq(s, options.dtype), tk(s, options.dtype), tv(s, options.dtype), tg(s, options.dtype);
-    OwnedTensor gq(s, options.dtype), gk(s, options.dtype), gv(s, options.dtype);
+    OwnedTensor to(s, options.dtype), gq(s, options.dtype), gk(s, options.dtype), gv(s, options.dtype);
     stage.upload(q.data(), tq.view);
     stage.upload(k.data(), tk.view);
     stage.upload(v.data(), tv.view);
     stage.upload(dout.data(), tg.view);
-    StepTimes t = device_distributed_backward(engine, sp, world, tq.view, tk.view, tv.view, tg.view, gq.view,
-                                              gk.view, gv.view, dbeta);
+    // The engine's backward reads the forward's output, which the host-level contract does not
+    // pass: the forward runs here first and keeps its key totals for the backward, so the key
+    // totals and their collective still run once.
+    const StepTimes tf =
+        device_distributed_forward(engine, sp, tq.view, tk.view, tv.view, to.view, Engine::KeyTotals::keep);
+    StepTimes t = device_distributed_backward(engine, sp, world, tq.view, tk.view, tv.view, to.view, tg.view,
+                                              gq.view, gk.view, gv.view, dbeta, Engine::KeyTotals::reuse);
+    t.collective_s += tf.collective_s;
     stage.download(gq.view, dq.data());
     stage.download(gk.view, dk.data());
     stage.download(gv.view, dv.data());

@@ -42,7 +42,7 @@ struct SegmentArgs {
     const T* k;
     const T* v;
     const T* dout;
-    T* o;
+    T* o;  // forward: written; query totals and backward: the forward's output, read (v14)
     T* dq;
     T* dk;
     T* dv;

@@ -99,7 +99,8 @@ GpuOut run_gpu(const Case& c, const AttentionConfig& cfg, const Planes& planes, 
     for (auto* t : {&o, &dq, &dk, &dv}) t->poison();
     engine.attention_forward(q.view(), k.view(), v.view(), o.view());
     GpuOut out;
-    out.dbeta = engine.attention_backward(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(), dv.view());
+    out.dbeta = engine.attention_backward(q.view(), k.view(), v.view(), o.view(), g.view(), dq.view(), dk.view(),
+                                          dv.view());
     out.o = o.download();
     out.dq = dq.download();
     out.dk = dk.download();
@@ -322,15 +323,17 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
                         }
                     };
                     combine(hs, S, false);
+                    std::vector<std::unique_ptr<GpuTensor>> to;  // each shard's o, read by its backward
                     for (int s = 0; s < shards; ++s) {
                         const Shape sh{1, bounds[s + 1] - bounds[s], c.H, c.D};
-                        GpuTensor to(sh, c.dtype);
-                        to.poison();
-                        engine.forward(tq[s]->view(), tk[s]->view(), tv[s]->view(), S[s], to.view());
-                        engine.query_state(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s]);
+                        to.push_back(std::make_unique<GpuTensor>(sh, c.dtype));
+                        to[s]->poison();
+                        engine.forward(tq[s]->view(), tk[s]->view(), tv[s]->view(), S[s], to[s]->view());
+                        engine.query_state(tq[s]->view(), tk[s]->view(), tv[s]->view(), to[s]->view(), tg[s]->view(),
+                                           S[s], U[s]);
                         GPU_CHECK(cudaStreamSynchronize(engine.stream()));
                         GPU_CHECK(cudaMemcpy(hu[s].data(), U[s].data(), ssize * 8, cudaMemcpyDeviceToHost));
-                        const auto os = to.download();
+                        const auto os = to[s]->download();
                         std::copy(os.begin(), os.end(), o.begin() + (b * c.T + bounds[s]) * row);
                     }
                     combine(hu, U, true);
@@ -340,8 +343,8 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
                         a.poison();
                         bk.poison();
                         cv.poison();
-                        dbeta += engine.backward(tq[s]->view(), tk[s]->view(), tv[s]->view(), tg[s]->view(), S[s], U[s],
-                                                 a.view(), bk.view(), cv.view());
+                        dbeta += engine.backward(tq[s]->view(), tk[s]->view(), tv[s]->view(), to[s]->view(),
+                                                 tg[s]->view(), S[s], U[s], a.view(), bk.view(), cv.view());
                         const auto x = a.download(), y = bk.download(), z = cv.download();
                         std::copy(x.begin(), x.end(), dq.begin() + (b * c.T + bounds[s]) * row);
                         std::copy(y.begin(), y.end(), dk.begin() + (b * c.T + bounds[s]) * row);
@@ -383,7 +386,7 @@ TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
                 cuda::Engine engine(cfg, planes);
                 const Shape s = in.shape;
                 GpuTensor q(s, dt), k(s, dt), v(s, dt), g(s, dt), k2(s, dt), v2(s, dt), q2(s, dt), g2(s, dt);
-                GpuTensor o(s, dt), dq(s, dt), dk(s, dt), dv(s, dt);
+                GpuTensor o(s, dt), o2(s, dt), dq(s, dt), dk(s, dt), dv(s, dt);
                 q.upload(in.q);
                 k.upload(in.k);
                 v.upload(in.v);
@@ -392,6 +395,7 @@ TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
                 k2.upload(other.k);
                 v2.upload(other.v);
                 g2.upload(other.dout);
+                o2.upload(fresh_other.o);  // the forward's output for the other inputs
                 auto none = [&](cuda::DeviceState& x) { if (causal) x.zero(engine.stream()); };
                 auto expect_bits = [&](const GpuOut& want, double dbeta, const char* what) {
                     SCOPED_TRACE(what);
@@ -403,30 +407,30 @@ TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
 
                 engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
                 EXPECT_EQ(o.download(), fresh.o);
-                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), o.view(), g.view(), dq.view(), dk.view(),
                                                         dv.view(), none, none, KT::reuse),
                             "kept, then reused");
 
-                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), o.view(), g.view(), dq.view(), dk.view(),
                                                   dv.view(), none, none, KT::reuse),
                              Error);  // taken by the first backward
 
                 engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
-                EXPECT_THROW(engine.backward_step(q2.view(), k2.view(), v2.view(), g2.view(), dq.view(), dk.view(),
+                EXPECT_THROW(engine.backward_step(q2.view(), k2.view(), v2.view(), o2.view(), g2.view(), dq.view(), dk.view(),
                                                   dv.view(), none, none, KT::reuse),
                              Error);  // kept for other buffers
-                expect_bits(fresh_other, engine.backward_step(q2.view(), k2.view(), v2.view(), g2.view(), dq.view(),
+                expect_bits(fresh_other, engine.backward_step(q2.view(), k2.view(), v2.view(), o2.view(), g2.view(), dq.view(),
                                                               dk.view(), dv.view(), none, none, KT::recompute),
                             "recomputed after a refused reuse");
 
                 engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
                 cuda::DeviceState scratch = engine.make_state(s);
                 engine.key_state(k2.view(), v2.view(), scratch);  // overwrites the segment totals
-                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                EXPECT_THROW(engine.backward_step(q.view(), k.view(), v.view(), o.view(), g.view(), dq.view(), dk.view(),
                                                   dv.view(), none, none, KT::reuse),
                              Error);
                 engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
-                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), g.view(), dq.view(), dk.view(),
+                expect_bits(fresh, engine.backward_step(q.view(), k.view(), v.view(), o.view(), g.view(), dq.view(), dk.view(),
                                                         dv.view(), none, none, KT::reuse),
                             "kept again after a refusal, then reused");
             }

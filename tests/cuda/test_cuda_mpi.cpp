@@ -51,8 +51,9 @@ Outputs run(cuda::Engine& engine, Collectives& sp, MPI_Comm world, const Shape& 
     Outputs out;
     cuda::device_distributed_forward(engine, sp, tq.view(), tk.view(), tv.view(), o.view(),
                                      reuse_keys ? KT::keep : KT::recompute);
-    cuda::device_distributed_backward(engine, sp, world, tq.view(), tk.view(), tv.view(), tg.view(), dq.view(),
-                                      dk.view(), dv.view(), out.dbeta, reuse_keys ? KT::reuse : KT::recompute);
+    cuda::device_distributed_backward(engine, sp, world, tq.view(), tk.view(), tv.view(), o.view(), tg.view(),
+                                      dq.view(), dk.view(), dv.view(), out.dbeta,
+                                      reuse_keys ? KT::reuse : KT::recompute);
     out.o = o.download();
     out.dq = dq.download();
     out.dk = dk.download();

@@ -265,7 +265,7 @@ struct CudaModel::Impl {
             // MPI_COMM_SELF: this rank's part of dbeta; the caller sums every gradient over ranks.
             const StepTimes st = racesp::cuda::device_distributed_backward(
                 *e, sp, MPI_COMM_SELF, tensor(k.q.data(), shape), tensor(k.k.data(), shape),
-                tensor(k.v.data(), shape), tensor(dattn.data(), shape), tensor(dqkv[0], shape),
+                tensor(k.v.data(), shape), tensor(k.o.data(), shape), tensor(dattn.data(), shape), tensor(dqkv[0], shape),
                 tensor(dqkv[1], shape), tensor(dqkv[2], shape), dbeta);
             collective += st.collective_s;
         }
