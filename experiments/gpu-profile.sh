@@ -14,7 +14,7 @@ B=${BUILD:-/tmp/b-profile}
 echo "build: ${SECONDS}s"
 bench=$B/src/cuda/racesp_cuda_bench
 timeout 240 ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats --page raw \
-  -k regex:"stream_kernel|causal_sweep_kernel|causal_backward_kernel|segment_kernel" \
+  -k regex:"stream_kernel|causal_sweep_kernel|causal_totals_kernel|causal_backward_kernel|segment_kernel" \
   "$bench" --tokens $((2 << 20)) --mode both --dtype bf16 --runs 1 --warmup 0 >"$OUT/ncu.txt" 2>&1
 echo "ncu rc=$? ${SECONDS}s"
 # One line per kernel launch: name, then the metrics that say where its time goes.

@@ -17,6 +17,7 @@
 #include "segment_kernel.cuh"
 #include "stream_causal.cuh"
 #include "stream_causal_backward.cuh"
+#include "stream_causal_totals.cuh"
 #include "stream_kernels.cuh"
 #include "state_scan.hpp"
 
@@ -160,21 +161,23 @@ struct Engine::Impl {
                 if (d.D == 128) return launch_stream<T, 128>(pass, grid, a);
                 return launch_stream<T, 64>(pass, grid, a);
             }
-            // v10, v11, v12: the causal forward, query totals and backward of the kernel
-            // normalisation on warp tiles (stream_causal.cuh, stream_causal_backward.cuh).
+            // v10, v12: the causal forward and backward of the kernel normalisation on warp tiles
+            // (stream_causal.cuh, stream_causal_backward.cuh).
             if (sizes && d.causal && !d.bucket && pass == Pass::backward) {
                 a.d = d;
                 if (d.D == 128) return launch_backward_sweep<T, 128>(grid, a);
                 return launch_backward_sweep<T, 64>(grid, a);
             }
-            if (sizes && d.causal && !d.bucket && (pass == Pass::forward || pass == Pass::query_state)) {
+            if (sizes && d.causal && !d.bucket && pass == Pass::forward) {
                 a.d = d;
-                if (pass == Pass::forward) {
-                    if (d.D == 128) return launch_sweep<T, 128, false>(grid, a);
-                    return launch_sweep<T, 64, false>(grid, a);
-                }
-                if (d.D == 128) return launch_sweep<T, 128, true>(grid, a);
-                return launch_sweep<T, 64, true>(grid, a);
+                if (d.D == 128) return launch_sweep<T, 128>(grid, a);
+                return launch_sweep<T, 64>(grid, a);
+            }
+            // v14: the causal query totals from the forward's o (stream_causal_totals.cuh).
+            if (sizes && d.causal && !d.bucket && pass == Pass::query_state) {
+                a.d = d;
+                if (d.D == 128) return launch_causal_totals<T, 128>(grid, a);
+                return launch_causal_totals<T, 64>(grid, a);
             }
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
             // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
@@ -209,10 +212,15 @@ struct Engine::Impl {
             case Pass::backward: go(stream_kernel<T, D, Pass::backward>, grid, bytes, a, threads); break;
         }
     }
-    template <class T, int D, bool totals>
+    template <class T, int D>
     void launch_sweep(dim3 grid, const SegmentArgs<T>& a) {
-        using Lay = CausalLayout<T, D, totals>;
-        go(causal_sweep_kernel<T, D, totals>, grid, Lay().total, a, Lay::kThreads);
+        using Lay = CausalLayout<T, D>;
+        go(causal_sweep_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
+    }
+    template <class T, int D>
+    void launch_causal_totals(dim3 grid, const SegmentArgs<T>& a) {
+        using Lay = CausalTotalsLayout<T, D>;
+        go(causal_totals_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
     }
     template <class T, int D>
     void launch_backward_sweep(dim3 grid, const SegmentArgs<T>& a) {

@@ -6,9 +6,9 @@
 //
 // with S the state before the chunk (DESIGN.md §4). Per chunk:
 //   1. each warp computes its keys' features and writes them transposed (phiT, the A operand of
-//      the state update) and, in the forward, in B-fragment order (phiKB: each lane stores the
-//      fragments it holds, so the intra-chunk products read them with one 8-byte load), with
-//      [v, 1]^T (vT); it also computes its queries' features, kept in registers; barrier;
+//      the state update) and in B-fragment order (phiKB: each lane stores the fragments it holds,
+//      so the intra-chunk products read them with one 8-byte load), with [v, 1]^T (vT); it also
+//      computes its queries' features, kept in registers; barrier;
 //   2. each warp: num = phi(q) S (S arranged in shared memory as in v9), plus the masked
 //      products with the key tiles 0..w of the chunk, normalises and stores its o rows; and
 //      adds the whole chunk to its slice of S (registers, float32, from the segment's start
@@ -16,25 +16,21 @@
 //   3. each warp writes its slice back into the arranged S (TF32) for the next chunk, beside
 //      step 1 of the next chunk (no barrier between them: they touch different buffers).
 //
-// v11: the same sweep gives the causal query totals (`totals`): U of the segment = sum of
-// phi(q)^T Wm, Wm = [G / den, -(G . o) / den] from num in place of the o store. Step 1 also
-// writes the queries' features transposed (phiQT); step 2 writes Wm^T; step 3 adds the chunk to
-// the warp's slice of U, and a third barrier keeps phiQT and Wm^T until every warp has read them.
-// To fit in shared memory with Wm^T (74 KB at D=128), the intra-chunk product reads the keys'
-// features from phiT there (phiKB is the forward's).
+// (v11 ran the causal query totals on this sweep, recomputing o; v14 reads the forward's o
+// instead: stream_causal_totals.cuh.)
 #pragma once
 
 #include "stream_kernels.cuh"
 
 namespace racesp::cuda {
 
-template <class T, int D, bool totals>
+template <class T, int D>
 struct CausalLayout {
     using Base = StreamLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
     static constexpr int NTW = Base::NTW;
-    std::size_t wpu, sa, phiT, phiKB, vT, phiQT, wmT, total;
-    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), phiQT(0), wmT(0), total(0) {
+    std::size_t wpu, sa, phiT, phiKB, vT, total;
+    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -44,19 +40,15 @@ struct CausalLayout {
         wpu = take(D / 8 * 2 * 32 * sizeof(float2));
         sa = take(8 * NTW * 32 * sizeof(float2));
         phiT = take(warp::kM * Base::ldT * sizeof(float));
-        if (!totals) phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
+        phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
         vT = take(NTW * 8 * Base::ldV * sizeof(T));
-        if (totals) {
-            phiQT = take(warp::kM * Base::ldT * sizeof(float));
-            wmT = take(NTW * 8 * Base::ldT * sizeof(float));
-        }
         total = at;
     }
 };
 
-template <class T, int D, bool totals>
-__global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causal_sweep_kernel(const SegmentArgs<T> a) {
-    using Lay = CausalLayout<T, D, totals>;
+template <class T, int D>
+__global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_kernel(const SegmentArgs<T> a) {
+    using Lay = CausalLayout<T, D>;
     using namespace warp;
     constexpr Lay lay;
     constexpr int NTD = D / 8, NTW = NTD + 1, kChunk = Lay::kChunk;
@@ -67,8 +59,6 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
     float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
     float2* phiKB = reinterpret_cast<float2*>(sm + lay.phiKB);
     T* vT = reinterpret_cast<T*>(sm + lay.vT);
-    float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
-    float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -82,7 +72,6 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
     for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // columns D+1.. stay 0
     stream::StateSlice<T, D> slice;
     slice.load(s_start);
-    stream::StateSlice<float, D> u_slice;  // totals: U of the segment, from zero
     __syncthreads();
 
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
@@ -90,10 +79,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
         const int n = max(0, min(kTile, seg_end - t0));
         const long long row0 = blk.row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
-        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features (and with
-        // totals, phiQT and the dout rows).
+        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features.
         float phq[2][kR];
-        Rows<T, D> xg;
         {
             Rows<T, D> xk, xv;
             xk.load(a.k, row0, row_stride, n);
@@ -102,22 +89,18 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
             project<T, D>(xk, wpu, u);
             features(u, d.beta, n, phk);
             stream::put_features_t<ldT>(phiT, col0, phk);
-            if constexpr (!totals) {
-                // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
+            // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
 #pragma unroll
-                for (int ks = 0; ks < 8; ++ks)
+            for (int ks = 0; ks < 8; ++ks)
 #pragma unroll
-                    for (int r = 0; r < 2; ++r)
-                        phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] =
-                            make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
-            }
+                for (int r = 0; r < 2; ++r)
+                    phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] =
+                        make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
             stream::put_values_t<T, D, ldV>(vT, col0, xv, n);
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
-            if constexpr (totals) xg.load(a.dout, row0, row_stride, n);
             project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
-            if constexpr (totals) stream::put_features_t<ldT>(phiQT, col0, phq);
         }
         __syncthreads();  // phiT, phiKB, vT of the chunk; sa holds S before the chunk
 
@@ -132,38 +115,20 @@ __global__ void __launch_bounds__(CausalLayout<T, D, totals>::kThreads, 1) causa
                 std::uint32_t af[4];
                 feature_frag(phq, ks, af);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    if constexpr (totals) {
-                        const float* f = phiT + feat_of(t, ks, 0) * ldT + kTile * j + 8 * nt + g;
-                        mma(att[nt], af, __float_as_uint(f[0]), __float_as_uint(f[ldT]));
-                    } else {
-                        mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
-                    }
-                }
+                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
             }
             if (j == warp_id) stream::mask_diagonal(att);
             stream::times_values<T, D, ldV>(att, vT, kTile * j, num);  // num += att [v, 1]
         }
-        if constexpr (totals) {
-            stream::normalised_gradient<T, D>(num, xg, n);
-            stream::put_tiles_t<D, ldT>(wmT, col0, num);
-        } else {
-            float inv[2];
-            stream::inverse_normaliser(num, inv);
-            store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
-        }
+        float inv[2];
+        stream::inverse_normaliser(num, inv);
+        store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
         slice.template add<ldT, ldV, kChunk>(phiT, vT);
-        __syncthreads();  // every read of sa, phiT, phiKB, vT for this chunk is done (totals: phiQT, Wm^T written)
+        __syncthreads();  // every read of sa, phiT, phiKB, vT for this chunk is done
 
-        // 3. S after the chunk, arranged for the next one (totals: the chunk into U).
+        // 3. S after the chunk, arranged for the next one.
         slice.store_arranged(sa);
-        if constexpr (totals) {
-            u_slice.template add<ldT, ldT, kChunk>(phiQT, wmT);
-            __syncthreads();  // phiQT and Wm^T read before the next chunk's step 1
-        }
     }
-    if constexpr (totals)
-        u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
 }
 
 }  // namespace racesp::cuda

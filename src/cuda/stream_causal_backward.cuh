@@ -11,8 +11,9 @@
 //   1. all: rows in, features; the queries' features transposed (phiQT), the keys' (phiKT) and
 //      [v, 1]^T (vT); barrier;
 //   2. all: S minus the chunk's keys (each warp a share of the state's tiles); barrier;
-//   3. queries: num = phi(q) S + sum_{j <= i in the chunk} (phi(q_i) . phi(k_j)) [v_j, 1],
-//      Wm = [G / den, -(G . o) / den] into Wm^T, and the blocks phi(q_i) . phi(k_j) and
+//   3. queries: the normaliser den = phi(q) S[:, D] + sum_{j <= i in the chunk} phi(q_i) . phi(k_j),
+//      Wm = [G / den, -(G . o) / den] from the forward's o (v14; v12 recomputed the whole
+//      numerator phi(q) S + ... [v_j, 1]) into Wm^T, and the blocks phi(q_i) . phi(k_j) and
 //      Wm_i . [v_j, 1] (j <= i) into shared memory for both sides;
 //      keys: the state terms dL/dphi(k) = [v, 1] U^T and dv = phi(k) U[:, :D]; barrier;
 //   4. queries: dL/dphi(q_i) = Wm_i S^T + sum_{j <= i} (Wm_i . [v_j, 1]) phi(k_j), then dq;
@@ -277,25 +278,23 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         __syncthreads();  // S
 
         // 3. Queries: Wm. Keys: the state terms of dL/dphi(k) (dph) and dv (wide).
-        float wide[NTW][4] = {};  // queries: num, then Wm; keys: dv (tiles 0 .. NTD - 1)
+        float wide[NTW][4] = {};  // queries: Wm; keys: dv (tiles 0 .. NTD - 1)
         float dph[8][4] = {};     // dL/dphi as C tiles over features (by_columns order)
-        {
-            // Queries: num = phi(q) S; keys: dv = phi(k) U (and U's column D, unused). One code
-            // path for both roles: the instruction cache holds it once.
-            const SharedState<D> X{queries ? S.x : U.x};
-#pragma unroll
-            for (int ks = 0; ks < 8; ++ks) {
-                std::uint32_t af[4];
-                feature_frag(phi, ks, af);
-#pragma unroll
-                for (int nt = 0; nt < NTW; ++nt) {
-                    std::uint32_t b0, b1;
-                    X.by_features(ks, nt, b0, b1);
-                    mma(wide[nt], af, b0, b1);
-                }
-            }
-        }
         if (queries) {
+            // The lane's part of den: phi(q) S[:, D] (C column D: lane t = 0, elements 0 and 2),
+            // then each block's row sums.
+            float den[2];
+            {
+                float col[4] = {};
+#pragma unroll
+                for (int ks = 0; ks < 8; ++ks) {
+                    std::uint32_t af[4], b0, b1;
+                    feature_frag(phi, ks, af);
+                    S.by_features(ks, NTD, b0, b1);
+                    mma(col, af, b0, b1);
+                }
+                den[0] = col[0], den[1] = col[2];
+            }
             for (int j = 0; j <= tile; ++j) {
                 float att[2][4] = {};  // phi(q) phi(k_j)^T
 #pragma unroll
@@ -311,9 +310,16 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 }
                 if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j)) * kBlock, att);
-                stream::times_values<T, D, ldV>(att, vT, kTile * j, wide);  // num += att [v, 1]
+#pragma unroll
+                for (int r = 0; r < 2; ++r) den[r] += att[0][2 * r] + att[0][2 * r + 1] + att[1][2 * r] + att[1][2 * r + 1];
             }
-            stream::normalised_gradient<T, D>(wide, x2, n);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) den[r] = sum_over_t(den[r]);
+            {
+                Rows<T, D> xo;
+                xo.load(a.o, row0, row_stride, n);
+                stream::gradient_from_output<T, D>(x2, xo, den, n, wide);
+            }
             put_wm<D, ldT>(wmT, col0, wide);
             for (int j = 0; j <= tile; ++j) {
                 float att[2][4] = {};  // Wm [v_j, 1]^T
@@ -332,6 +338,18 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
         } else {
+            // dv = phi(k) U[:, :D].
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks) {
+                std::uint32_t af[4];
+                feature_frag(phi, ks, af);
+#pragma unroll
+                for (int nt = 0; nt < NTD; ++nt) {
+                    std::uint32_t b0, b1;
+                    U.by_features(ks, nt, b0, b1);
+                    mma(wide[nt], af, b0, b1);
+                }
+            }
 #pragma unroll
             for (int ks = 0; ks < NTW; ++ks) {
                 std::uint32_t af[4];

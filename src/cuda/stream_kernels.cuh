@@ -27,9 +27,10 @@ struct StreamLayout {
     static constexpr int NTD = D / 8, NTW = NTD + 1;
     static constexpr int ldT = kChunk + 8;   // floats: 8 mod 32, conflict-free 8-byte fragment loads
     static constexpr int ldV = kChunk + 10;  // T elements
-    std::size_t red, wpu, wpd, sa, st, phiT, bT, total;
+    std::size_t red, wpu, wpd, sa, z, st, phiT, bT, total;
 
-    __host__ __device__ constexpr StreamLayout(Pass pass) : red(0), wpu(0), wpd(0), sa(0), st(0), phiT(0), bT(0), total(0) {
+    __host__ __device__ constexpr StreamLayout(Pass pass)
+        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phiT(0), bT(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -41,7 +42,8 @@ struct StreamLayout {
         wpu = take(NTD * 2 * 32 * f2);
         const bool grad = pass == Pass::query_state || pass == Pass::backward;
         if (grad) wpd = take(2 * NTD * 32 * f2);
-        if (pass != Pass::key_state) sa = take(8 * NTW * 32 * f2);
+        if (pass == Pass::forward || pass == Pass::backward) sa = take(8 * NTW * 32 * f2);
+        if (pass == Pass::query_state) z = take(warp::kM * sizeof(float));
         if (grad) st = take(NTW * 8 * 32 * f2);
         if (pass == Pass::key_state || pass == Pass::query_state) phiT = take(warp::kM * ldT * sizeof(float));
         if (pass == Pass::key_state) bT = take(NTW * 8 * ldV * sizeof(T));
@@ -71,6 +73,25 @@ __device__ __forceinline__ void inverse_normaliser(const float (&num)[NTW][4], f
     for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTW - 1][2 * r], warp::lane_id() & ~3u);
 }
 
+// The key features' sum z (column D of a state M x (D + 1)) into shared memory.
+template <int D>
+__device__ void load_key_sums(float* z, const float* x) {
+    for (int f = threadIdx.x; f < warp::kM; f += blockDim.x) z[f] = __ldg(x + f * (D + 1) + D);
+}
+
+// phi . z for the lane's two rows (z in shared memory, one float per feature), plus `extra`
+// (the lane's part of another sum), summed over the four lanes of the row's tables.
+__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float* z, const float (&extra)[2],
+                                            float (&out)[2]) {
+    const int t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float s = extra[r];
+#pragma unroll
+        for (int b = 0; b < warp::kR; ++b) s += phi[r][b] * z[warp::kR * t + b];
+        out[r] = warp::sum_over_t(s);
+    }
+}
 
 // Wp^T as B operand of the projection: k-step ks (columns in_col), n-tile nt (planes proj_col).
 template <int D>
@@ -195,31 +216,30 @@ __device__ __forceinline__ void put_values_t(T* vT, int col0, const warp::Rows<T
     }
 }
 
-// Wm = [G / den, -(G . o) / den] (kernel normalisation, o = num[:, :D] / den) in place of num
-// (C tiles over D + 1 columns), rounded to TF32; rows at or beyond n get zeros.
+// Wm = [G / den, -(G . o) / den] (kernel normalisation) from the forward's output o, as C tiles
+// over D + 1 columns rounded to TF32; rows at or beyond n get zeros. Reading o instead of
+// recomputing phi(q) S (FlashAttention's rowsum(dO * O)) leaves only the normaliser den.
 template <class T, int D>
-__device__ __forceinline__ void normalised_gradient(float (&wm)[D / 8 + 1][4], const warp::Rows<T, D>& xg, int n) {
+__device__ __forceinline__ void gradient_from_output(const warp::Rows<T, D>& xg, const warp::Rows<T, D>& xo,
+                                                     const float (&den)[2], int n, float (&wm)[D / 8 + 1][4]) {
     constexpr int NTD = D / 8;
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        // The normaliser is column D: lane t = 0's element 2r of the last tile.
-        const float den = __shfl_sync(0xffffffffu, wm[NTD][2 * r], warp::lane_id() & ~3u);
-        const float inv = g + 8 * r < n ? 1.0f / den : 0.0f;
+        const float inv = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
         float go = 0.0f;
 #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
-            float gr[8];
+            float gr[8], orow[8];
             xg.floats(r, s, gr);
+            xo.floats(r, s, orow);
 #pragma unroll
             for (int j = 0; j < 8; ++j) {
-                float& x = wm[4 * s + j / 2][2 * r + j % 2];
-                go += gr[j] * (x * inv);
-                x = warp::tf32f(gr[j] * inv);
+                go += gr[j] * orow[j];
+                wm[4 * s + j / 2][2 * r + j % 2] = warp::tf32f(gr[j] * inv);
             }
         }
-        go += __shfl_xor_sync(0xffffffffu, go, 1);
-        go += __shfl_xor_sync(0xffffffffu, go, 2);
+        go = warp::sum_over_t(go);
         wm[NTD][2 * r] = t == 0 ? warp::tf32f(-go * inv) : 0.0f;
         wm[NTD][2 * r + 1] = 0.0f;
     }
@@ -385,8 +405,11 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
 
     stream::arrange_projection<D>(wpu, wp);
     if constexpr (pass == Pass::query_state || pass == Pass::backward) stream::arrange_planes_out<D>(wpd, wp);
-    if constexpr (pass == Pass::forward || pass == Pass::query_state) stream::arrange_state<D>(sa, a.s_start + bh * state_size);
-    if constexpr (pass == Pass::query_state) stream::arrange_state_t<D>(st, a.s_start + bh * state_size);
+    if constexpr (pass == Pass::forward) stream::arrange_state<D>(sa, a.s_start + bh * state_size);
+    if constexpr (pass == Pass::query_state) {
+        stream::load_key_sums<D>(reinterpret_cast<float*>(sm + lay.z), a.s_start + bh * state_size);
+        stream::arrange_state_t<D>(st, a.s_start + bh * state_size);
+    }
     if constexpr (pass == Pass::backward) {
         stream::arrange_state<D>(sa, a.u_start + bh * state_size);
         stream::arrange_state_t<D>(st, a.u_start + bh * state_size);
@@ -463,15 +486,19 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 features(u, d.beta, n, phi);
                 stream::put_values_t<T, D, ldB>(bT, col0, xv, n);
             } else {
-                // Query totals with v8's split: also dq and the queries' part of dbeta.
-                Rows<T, D> xq, xg;
+                // Query totals with v8's split: also dq and the queries' part of dbeta. v14: Wm
+                // from the forward's o and the normaliser phi(q) . z alone.
+                Rows<T, D> xq, xg, xo;
                 xq.load(a.q, row0, row_stride, n);
                 xg.load(a.dout, row0, row_stride, n);
+                xo.load(a.o, row0, row_stride, n);
                 project<T, D>(xq, wpu, u);
                 features(u, d.beta, n, phi);
-                float wm[NTW][4] = {};
-                stream::times_state<NTW, NTW>(phi, sa, wm);
-                stream::normalised_gradient<T, D>(wm, xg, n);
+                float den[2];
+                const float none[2] = {0.0f, 0.0f};
+                stream::feature_dot(phi, reinterpret_cast<const float*>(sm + lay.z), none, den);
+                float wm[NTW][4];
+                stream::gradient_from_output<T, D>(xg, xo, den, n, wm);
                 // dL/dphi(q) = Wm S^T: Wm's C tile nt is the A fragment of k-step nt.
                 float dph[2][kR];
                 stream::times_state_t<D>(

@@ -69,6 +69,12 @@ __host__ __device__ inline int proj_col(int nt, int n) { return 4 * (n / 2) + 2 
 // 2t + h: table t, bucket 2 ks + h (or 2 nt + h); of B's column n = g: table g / 2, bucket 2 nt + g % 2.
 __host__ __device__ inline int feat_of(int t, int ks, int h) { return kR * t + 2 * ks + h; }
 
+// Sum over the four lanes t of the lane's row group g (a row's tables, or its C columns).
+__device__ __forceinline__ float sum_over_t(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 // Two rows of a 16-token tile in the row layout. Rows at or beyond n are zeros.
 template <class T, int D>
 struct Rows {

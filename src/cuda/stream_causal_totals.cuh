@@ -1,0 +1,174 @@
+// v14 (experiments/gpu-notes.md): the causal query totals from the forward's output, for the sizes
+// of v9's kernels (bf16/fp16, kernel normalisation, P = L = 4, D = 64 or 128). The segment's
+// U = sum phi(q)^T Wm with Wm = [G / den, -(G . o) / den] needs, besides o and G, only each query's
+// normaliser
+//
+//   den_i = phi(q_i) . (z + sum_{j <= i in the segment} phi(k_j)),   z = S[:, D] at the segment's start,
+//
+// so the state S is never needed beyond its column D (v11 recomputed the whole forward). One
+// block per (segment, head, batch entry) walks its segment in chunks of 128 tokens, warp w on
+// tokens 16w .. 16w + 15:
+//   1. each warp computes its keys' features, writes their sum over the tile (one row of zt),
+//      and its queries' features (phiQT, transposed) and the masked diagonal block
+//      phi(q) phi(k)^T of its own tile, both operands in registers; barrier;
+//   2. the normaliser as one product phi(q) Z over 16 columns: Z's columns 0..7 are the chunk's
+//      tile sums (those before the warp's tile count), column 8 the sum before the chunk; the
+//      last warp moves that sum past the chunk (two copies, alternating, so that no barrier
+//      separates its readers from the writer); Wm^T into wmT; barrier;
+//   3. each warp adds the chunk to its slice of U (registers, from zero); barrier.
+#pragma once
+
+#include "stream_kernels.cuh"
+
+namespace racesp::cuda {
+
+template <class T, int D>
+struct CausalTotalsLayout {
+    using Base = StreamLayout<T, D>;
+    static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
+    static constexpr int NTW = Base::NTW;
+    // zt rows: the chunk's 8 tile sums, then the sum before the chunk in two alternating copies.
+    // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
+    // two wavefronts.
+    static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
+    std::size_t wpu, zt, phiQT, wmT, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), wmT(0), total(0) {
+        std::size_t at = 0;
+        auto take = [&](std::size_t bytes) {
+            const std::size_t here = at;
+            at += (bytes + 127) / 128 * 128;
+            return here;
+        };
+        wpu = take(D / 8 * 2 * 32 * sizeof(float2));
+        zt = take(kZRows * ldZ * sizeof(float));
+        phiQT = take(warp::kM * Base::ldT * sizeof(float));
+        wmT = take(NTW * 8 * Base::ldT * sizeof(float));
+        total = at;
+    }
+};
+
+namespace stream {
+
+// The tile's key features summed over its 16 rows into row[16 t + b] (lanes 0..3 write).
+__device__ __forceinline__ void put_tile_sums(float* row, const float (&phi)[2][warp::kR]) {
+#pragma unroll
+    for (int b = 0; b < warp::kR; ++b) {
+        float s = phi[0][b] + phi[1][b];
+        s += __shfl_xor_sync(0xffffffffu, s, 4);
+        s += __shfl_xor_sync(0xffffffffu, s, 8);
+        s += __shfl_xor_sync(0xffffffffu, s, 16);
+        if (warp::lane_id() < 4) row[warp::kR * warp::lane_id() + b] = s;
+    }
+}
+
+}  // namespace stream
+
+template <class T, int D>
+__global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 1) causal_totals_kernel(const SegmentArgs<T> a) {
+    using Lay = CausalTotalsLayout<T, D>;
+    using namespace warp;
+    constexpr Lay lay;
+    constexpr int NTW = D / 8 + 1, kChunk = Lay::kChunk, ldT = Lay::Base::ldT, ldZ = Lay::ldZ;
+    extern __shared__ __align__(128) unsigned char sm[];
+    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
+    float* zt = reinterpret_cast<float*>(sm + lay.zt);
+    float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
+    float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
+
+    const Dims& d = a.d;
+    const stream::SegmentBlock<D> blk(d);
+    const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
+    const long long row_stride = blk.row_stride, bh = blk.bh;
+    const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
+    const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
+
+    stream::arrange_projection<D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
+    stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
+    stream::StateSlice<float, D> u_slice;
+    __syncthreads();
+
+    int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
+    for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
+        const int t0 = c0 + kTile * warp_id;
+        const int n = max(0, min(kTile, seg_end - t0));
+        const long long row0 = blk.row_of(min(t0, seg_end - 1));
+        const int col0 = kTile * warp_id;
+        // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
+        float phq[2][kR], diag[2];
+        {
+            float u[2][kP], phk[2][kR];
+            Rows<T, D> xk;
+            xk.load(a.k, row0, row_stride, n);
+            project<T, D>(xk, wpu, u);
+            features(u, d.beta, n, phk);
+            stream::put_tile_sums(zt + warp_id * ldZ, phk);
+            Rows<T, D> xq;
+            xq.load(a.q, row0, row_stride, n);
+            project<T, D>(xq, wpu, u);
+            features(u, d.beta, n, phq);
+            stream::put_features_t<ldT>(phiQT, col0, phq);
+            // att = phi(q) phi(k)^T: B's column g of n-tile nt is key g + 8 nt, the lane's own row nt.
+            float att[2][4] = {};
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks) {
+                std::uint32_t af[4];
+                feature_frag(phq, ks, af);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, tf32(phk[nt][2 * ks]), tf32(phk[nt][2 * ks + 1]));
+            }
+            stream::mask_diagonal(att);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) diag[r] = att[0][2 * r] + att[0][2 * r + 1] + att[1][2 * r] + att[1][2 * r + 1];
+        }
+        __syncthreads();  // zt's tile sums
+
+        // 2. den = phi(q) . (sum before the chunk + tiles 0 .. w-1) + the diagonal block's row sum.
+        float den[2];
+        {
+            float zc[2][4] = {};
+#pragma unroll
+            for (int ks = 0; ks < 8; ++ks) {
+                std::uint32_t af[4];
+                feature_frag(phq, ks, af);
+                const int f = kR * t + 2 * ks;
+                const float2 tile = *reinterpret_cast<const float2*>(zt + g * ldZ + f);
+                mma(zc[0], af, tf32(tile.x), tf32(tile.y));
+                const float2 prev = g == 0 ? *reinterpret_cast<const float2*>(zt + before * ldZ + f) : make_float2(0.0f, 0.0f);
+                mma(zc[1], af, tf32(prev.x), tf32(prev.y));
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // C column 2t + h of n-tile 0 is tile 2t + h; n-tile 1 has the sum before the chunk in column 0.
+                den[r] = sum_over_t(diag[r] + zc[1][2 * r] + (2 * t < warp_id ? zc[0][2 * r] : 0.0f) +
+                                    (2 * t + 1 < warp_id ? zc[0][2 * r + 1] : 0.0f));
+            }
+        }
+        if (warp_id == Lay::kWarps - 1) {
+            // The sum past the chunk into the other copy (read by every warp after the next chunk's
+            // first barrier; this chunk's second barrier orders the write before those reads).
+            const int after = 2 * Lay::kWarps + 1 - before;
+            for (int f = lane_id(); f < kM; f += 32) {
+                float z = zt[before * ldZ + f];
+                for (int w = 0; w < Lay::kWarps; ++w) z += zt[w * ldZ + f];
+                zt[after * ldZ + f] = z;
+            }
+        }
+        before = 2 * Lay::kWarps + 1 - before;
+        {
+            Rows<T, D> xg, xo;
+            xg.load(a.dout, row0, row_stride, n);
+            xo.load(a.o, row0, row_stride, n);
+            float wm[NTW][4];
+            stream::gradient_from_output<T, D>(xg, xo, den, n, wm);
+            stream::put_tiles_t<D, ldT>(wmT, col0, wm);
+        }
+        __syncthreads();  // phiQT and Wm^T of the chunk
+
+        // 3. The chunk into the warp's slice of U.
+        u_slice.template add<ldT, ldT, kChunk>(phiQT, wmT);
+        __syncthreads();  // phiQT, Wm^T and zt's tile sums read before the next chunk writes them
+    }
+    u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
+}
+
+}  // namespace racesp::cuda
