@@ -5,17 +5,21 @@
 //
 //   den_i = phi(q_i) . (z + sum_{j <= i in the segment} phi(k_j)),   z = S[:, D] at the segment's start,
 //
-// so the state S is never needed beyond its column D (v11 recomputed the whole forward). One
-// block per (segment, head, batch entry) walks its segment in chunks of 128 tokens, warp w on
-// tokens 16w .. 16w + 15:
-//   1. each warp computes its keys' features, writes their sum over the tile (one row of zt),
-//      and its queries' features (phiQT, transposed) and the masked diagonal block
-//      phi(q) phi(k)^T of its own tile, both operands in registers; barrier;
+// so the state S is never needed beyond its column D (v11 recomputed the whole forward), and
+// U = sum (phi(q) / den)^T [G, -(G . o)] takes G as the 16-bit rows they are. One block per
+// (segment, head, batch entry) walks its segment in chunks of 128 tokens, warp w on tokens
+// 16w .. 16w + 15:
+//   1. each warp computes its keys' features and writes their sum over the tile (one row of zt),
+//      its queries' features and the masked diagonal block phi(q) phi(k)^T of its own tile, both
+//      operands in registers; barrier;
 //   2. the normaliser as one product phi(q) Z over 16 columns: Z's columns 0..7 are the chunk's
 //      tile sums (those before the warp's tile count), column 8 the sum before the chunk; the
 //      last warp moves that sum past the chunk (two copies, alternating, so that no barrier
-//      separates its readers from the writer); Wm^T into wmT; barrier;
+//      separates its readers from the writer); phi(q) / den into phiQT (transposed), G^T into gT,
+//      -(G . o) into cT (one float per token, the state's column D); barrier;
 //   3. each warp adds the chunk to its slice of U (registers, from zero); barrier.
+// 83 KB of shared memory at D=128 and at most 128 registers: two blocks per multiprocessor (v15;
+// v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230 registers).
 #pragma once
 
 #include "stream_kernels.cuh"
@@ -31,8 +35,8 @@ struct CausalTotalsLayout {
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
     static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
-    std::size_t wpu, zt, phiQT, wmT, total;
-    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), wmT(0), total(0) {
+    std::size_t wpu, zt, phiQT, gT, cT, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), gT(0), cT(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -42,7 +46,8 @@ struct CausalTotalsLayout {
         wpu = take(D / 8 * 2 * 32 * sizeof(float2));
         zt = take(kZRows * ldZ * sizeof(float));
         phiQT = take(warp::kM * Base::ldT * sizeof(float));
-        wmT = take(NTW * 8 * Base::ldT * sizeof(float));
+        gT = take(D * Base::ldV * sizeof(T));
+        cT = take(kChunk * sizeof(float));
         total = at;
     }
 };
@@ -64,16 +69,17 @@ __device__ __forceinline__ void put_tile_sums(float* row, const float (&phi)[2][
 }  // namespace stream
 
 template <class T, int D>
-__global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 1) causal_totals_kernel(const SegmentArgs<T> a) {
+__global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_totals_kernel(const SegmentArgs<T> a) {
     using Lay = CausalTotalsLayout<T, D>;
     using namespace warp;
     constexpr Lay lay;
-    constexpr int NTW = D / 8 + 1, kChunk = Lay::kChunk, ldT = Lay::Base::ldT, ldZ = Lay::ldZ;
+    constexpr int kChunk = Lay::kChunk, ldT = Lay::Base::ldT, ldV = Lay::Base::ldV, ldZ = Lay::ldZ;
     extern __shared__ __align__(128) unsigned char sm[];
     float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
     float* zt = reinterpret_cast<float*>(sm + lay.zt);
     float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
-    float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
+    T* gT = reinterpret_cast<T*>(sm + lay.gT);
+    float* cT = reinterpret_cast<float*>(sm + lay.cT);
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -84,7 +90,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 1) causal_
 
     stream::arrange_projection<D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
-    stream::StateSlice<float, D> u_slice;
+    stream::StateSlice<T, D> u_slice;
     __syncthreads();
 
     int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
@@ -106,7 +112,6 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 1) causal_
             xq.load(a.q, row0, row_stride, n);
             project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
-            stream::put_features_t<ldT>(phiQT, col0, phq);
             // att = phi(q) phi(k)^T: B's column g of n-tile nt is key g + 8 nt, the lane's own row nt.
             float att[2][4] = {};
 #pragma unroll
@@ -155,18 +160,29 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 1) causal_
         }
         before = 2 * Lay::kWarps + 1 - before;
         {
+            // phi(q) / den, G^T and -(G . o) for the state's column D.
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const float inv = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
+#pragma unroll
+                for (int b = 0; b < kR; ++b) phq[r][b] *= inv;
+            }
+            stream::put_features_t<ldT>(phiQT, col0, phq);
             Rows<T, D> xg, xo;
             xg.load(a.dout, row0, row_stride, n);
             xo.load(a.o, row0, row_stride, n);
-            float wm[NTW][4];
-            stream::gradient_from_output<T, D>(xg, xo, den, n, wm);
-            stream::put_tiles_t<D, ldT>(wmT, col0, wm);
+            stream::put_rows_t<T, D, ldV>(gT, col0, xg);
+            float go[2];
+            stream::row_dots(xg, xo, go);
+            if (t == 0)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) cT[col0 + g + 8 * r] = tf32f(-go[r]);
         }
-        __syncthreads();  // phiQT and Wm^T of the chunk
+        __syncthreads();  // phiQT, gT and cT of the chunk
 
         // 3. The chunk into the warp's slice of U.
-        u_slice.template add<ldT, ldT, kChunk>(phiQT, wmT);
-        __syncthreads();  // phiQT, Wm^T and zt's tile sums read before the next chunk writes them
+        u_slice.template add<ldT, ldV, kChunk>(phiQT, gT, cT);
+        __syncthreads();  // phiQT, gT, cT and zt's tile sums read before the next chunk writes them
     }
     u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
 }

@@ -196,23 +196,50 @@ __device__ __forceinline__ void put_features_t(float* phiT, int col0, const floa
         for (int b = 0; b < warp::kR; ++b) phiT[(warp::kR * t + b) * ldT + col0 + g + 8 * r] = warp::tf32f(phi[r][b]);
 }
 
-// [v, 1]^T of the tile into vT ([column][token], ld ldV): the rows' 16-bit values as they are
-// (exact in TF32), and 1 in column D for the tile's n valid tokens.
+// x^T of the tile into xT's rows 0 .. D-1 ([column][token], ld ldV): the rows' 16-bit values as
+// they are (exact in TF32).
 template <class T, int D, int ldV>
-__device__ __forceinline__ void put_values_t(T* vT, int col0, const warp::Rows<T, D>& xv, int n) {
+__device__ __forceinline__ void put_rows_t(T* xT, int col0, const warp::Rows<T, D>& x) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-    unsigned short* v16 = reinterpret_cast<unsigned short*>(vT);
+    unsigned short* x16 = reinterpret_cast<unsigned short*>(xT);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int tok = col0 + g + 8 * r;
 #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
-            const unsigned wv[4] = {xv.x[r][s].x, xv.x[r][s].y, xv.x[r][s].z, xv.x[r][s].w};
+            const unsigned wv[4] = {x.x[r][s].x, x.x[r][s].y, x.x[r][s].z, x.x[r][s].w};
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-                v16[(32 * s + 8 * t + j) * ldV + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
+                x16[(32 * s + 8 * t + j) * ldV + tok] = static_cast<unsigned short>(wv[j / 2] >> (16 * (j % 2)));
         }
-        if (t == 0) vT[D * ldV + tok] = from_float<T>(g + 8 * r < n ? 1.0f : 0.0f);
+    }
+}
+
+// [v, 1]^T of the tile into vT: put_rows_t, and 1 in column D for the tile's n valid tokens.
+template <class T, int D, int ldV>
+__device__ __forceinline__ void put_values_t(T* vT, int col0, const warp::Rows<T, D>& xv, int n) {
+    put_rows_t<T, D, ldV>(vT, col0, xv);
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+        if (t == 0) vT[D * ldV + col0 + g + 8 * r] = from_float<T>(g + 8 * r < n ? 1.0f : 0.0f);
+}
+
+// G . o for the lane's two rows (on every lane of the row's group).
+template <class T, int D>
+__device__ __forceinline__ void row_dots(const warp::Rows<T, D>& xg, const warp::Rows<T, D>& xo, float (&out)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float go = 0.0f;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s) {
+            float gr[8], orow[8];
+            xg.floats(r, s, gr);
+            xo.floats(r, s, orow);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) go += gr[j] * orow[j];
+        }
+        out[r] = warp::sum_over_t(go);
     }
 }
 
@@ -224,23 +251,19 @@ __device__ __forceinline__ void gradient_from_output(const warp::Rows<T, D>& xg,
                                                      const float (&den)[2], int n, float (&wm)[D / 8 + 1][4]) {
     constexpr int NTD = D / 8;
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+    float go[2];
+    row_dots(xg, xo, go);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const float inv = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
-        float go = 0.0f;
 #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
-            float gr[8], orow[8];
+            float gr[8];
             xg.floats(r, s, gr);
-            xo.floats(r, s, orow);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                go += gr[j] * orow[j];
-                wm[4 * s + j / 2][2 * r + j % 2] = warp::tf32f(gr[j] * inv);
-            }
+            for (int j = 0; j < 8; ++j) wm[4 * s + j / 2][2 * r + j % 2] = warp::tf32f(gr[j] * inv);
         }
-        go = warp::sum_over_t(go);
-        wm[NTD][2 * r] = t == 0 ? warp::tf32f(-go * inv) : 0.0f;
+        wm[NTD][2 * r] = t == 0 ? warp::tf32f(-go[r] * inv) : 0.0f;
         wm[NTD][2 * r + 1] = 0.0f;
     }
 }
@@ -280,8 +303,9 @@ struct StateSlice {
             }
         }
     }
+    // column_d: null, or column D of B per token (float32, TF32-rounded) in place of bT's row D.
     template <int ldT, int ldB, int kChunk>
-    __device__ __forceinline__ void add(const float* phiT, const B* bT) {
+    __device__ __forceinline__ void add(const float* phiT, const B* bT, const float* column_d = nullptr) {
         const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
         const bool extra = w < 4;
 #pragma unroll 2
@@ -309,8 +333,13 @@ struct StateSlice {
                 const float2 hi = *reinterpret_cast<const float2*>(phiT + (16 * w + g + 8) * ldT + tok);
                 const std::uint32_t ax[4] = {__float_as_uint(lo.x), __float_as_uint(hi.x), __float_as_uint(lo.y),
                                              __float_as_uint(hi.y)};
-                std::uint32_t b0, b1;
-                b_pair(bT, (8 * NTD + g) * ldB + tok, b0, b1);
+                std::uint32_t b0 = 0u, b1 = 0u;
+                if (column_d == nullptr) {
+                    b_pair(bT, (8 * NTD + g) * ldB + tok, b0, b1);
+                } else if (g == 0) {
+                    const float2 c = *reinterpret_cast<const float2*>(column_d + tok);
+                    b0 = __float_as_uint(c.x), b1 = __float_as_uint(c.y);
+                }
                 warp::mma(acc[4 * FULL], ax, b0, b1);
             }
         }
