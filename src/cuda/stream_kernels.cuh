@@ -79,14 +79,13 @@ __device__ void load_key_sums(float* z, const float* x) {
     for (int f = threadIdx.x; f < warp::kM; f += blockDim.x) z[f] = __ldg(x + f * (D + 1) + D);
 }
 
-// phi . z for the lane's two rows (z in shared memory, one float per feature), plus `extra`
-// (the lane's part of another sum), summed over the four lanes of the row's tables.
-__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float* z, const float (&extra)[2],
-                                            float (&out)[2]) {
+// phi . z for the lane's two rows (z in shared memory, one float per feature), summed over the
+// four lanes of the row's tables.
+__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float* z, float (&out)[2]) {
     const int t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float s = extra[r];
+        float s = 0.0f;
 #pragma unroll
         for (int b = 0; b < warp::kR; ++b) s += phi[r][b] * z[warp::kR * t + b];
         out[r] = warp::sum_over_t(s);
@@ -406,7 +405,7 @@ __device__ __forceinline__ void times_values(const float (&att)[2][4], const T* 
 }  // namespace stream
 
 // Two blocks per multiprocessor (at most 128 registers a thread) where the shared memory allows;
-// the query totals' 195 KB (D=128) hold one.
+// the query totals' 160 KB (D=128) hold one.
 template <Pass pass>
 constexpr int stream_min_blocks() { return pass == Pass::query_state ? 1 : 2; }
 
@@ -524,8 +523,7 @@ __global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_block
                 project<T, D>(xq, wpu, u);
                 features(u, d.beta, n, phi);
                 float den[2];
-                const float none[2] = {0.0f, 0.0f};
-                stream::feature_dot(phi, reinterpret_cast<const float*>(sm + lay.z), none, den);
+                stream::feature_dot(phi, reinterpret_cast<const float*>(sm + lay.z), den);
                 float wm[NTW][4];
                 stream::gradient_from_output<T, D>(xg, xo, den, n, wm);
                 // dL/dphi(q) = Wm S^T: Wm's C tile nt is the A fragment of k-step nt.
