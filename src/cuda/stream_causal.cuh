@@ -29,8 +29,8 @@ struct CausalLayout {
     using Base = StreamLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
     static constexpr int NTW = Base::NTW;
-    std::size_t wpu, sa, phiT, phiKB, vT, total;
-    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), total(0) {
+    std::size_t wpu, sa, phiT, phiKB, vT, stage, total;
+    __host__ __device__ constexpr CausalLayout() : wpu(0), sa(0), phiT(0), phiKB(0), vT(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -42,6 +42,7 @@ struct CausalLayout {
         phiT = take(warp::kM * Base::ldT * sizeof(float));
         phiKB = take(kWarps * 8 * 2 * 32 * sizeof(float2));  // per key tile: 8 k-steps x 2 n-tiles
         vT = take(NTW * 8 * Base::ldV * sizeof(T));
+        stage = take(2 * kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k and v (v21), 209 KB in all at D=128
         total = at;
     }
 };
@@ -59,6 +60,9 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
     float2* phiKB = reinterpret_cast<float2*>(sm + lay.phiKB);
     T* vT = reinterpret_cast<T*>(sm + lay.vT);
+    constexpr int kSlot = StagedRows<T, D>::kBytes / 16;
+    const StagedRows<T, D> stage_k{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * kSlot};
+    const StagedRows<T, D> stage_v{stage_k.slot + Lay::kWarps * kSlot};
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -72,21 +76,30 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // columns D+1.. stay 0
     stream::StateSlice<T, D> slice;
     slice.load(s_start);
+    // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
+    auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
+    auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
+    stage_k.fetch(a.k, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
+    stage_v.fetch(a.v, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     __syncthreads();
 
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
-        const int t0 = c0 + kTile * warp_id;
-        const int n = max(0, min(kTile, seg_end - t0));
-        const long long row0 = blk.row_of(min(t0, seg_end - 1));
+        const int n = tile_rows(c0);
+        const long long row0 = tile_row(c0);
+        const bool more = c0 + kChunk < seg_end;
         const int col0 = kTile * warp_id;
-        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features.
+        // 1. Keys: features (phiT, phiKB) and [v, 1]^T; then the queries' features. The next
+        // chunk's keys and values are copied into the warp's slots once these have been used.
         float phq[2][kR];
         {
             Rows<T, D> xk, xv;
-            xk.load(a.k, row0, row_stride, n);
-            xv.load(a.v, row0, row_stride, n);
+            Rows<T, D> xq;
+            xq.load(a.q, row0, row_stride, n);
+            stage_k.read(xk);
+            stage_v.read(xv);
             float u[2][kP], phk[2][kR];
             project<T, D>(xk, wpu, u);
+            if (more) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features(u, d.beta, n, phk);
             stream::put_features_t<ldT>(phiT, col0, phk);
             // B fragment of phi(k)^T for k-step ks (features 16t + 2ks, +1) and n-tile r (key g + 8r).
@@ -97,8 +110,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
                     phiKB[((warp_id * 8 + ks) * 2 + r) * 32 + lane_id()] =
                         make_float2(tf32f(phk[r][2 * ks]), tf32f(phk[r][2 * ks + 1]));
             stream::put_values_t<T, D, ldV>(vT, col0, xv, n);
-            Rows<T, D> xq;
-            xq.load(a.q, row0, row_stride, n);
+            if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
         }

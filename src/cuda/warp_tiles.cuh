@@ -94,6 +94,43 @@ struct Rows {
     __device__ __forceinline__ void floats(int r, int s, float* f) const { unpack16<T>(x[r][s], f); }
 };
 
+// A warp's slot in shared memory for the next tile's rows (v21): each lane copies with cp.async
+// exactly the 16-byte pieces its Rows will hold, so a lane reads back only what it copied itself
+// and needs cp.async.wait_group, not a barrier. Rows at or beyond n are zero-filled. The pieces
+// lie [row half][block][lane]: a warp's copies and reads are 512 contiguous bytes each.
+template <class T, int D>
+struct StagedRows {
+    static constexpr int NB = Rows<T, D>::NB;
+    static constexpr int kBytes = 2 * NB * 32 * 16;  // per warp
+    uint4* slot;
+    // Call only once the rows read from the slot before have been used (their values consumed),
+    // so that the copy cannot overwrite them first.
+    __device__ __forceinline__ void fetch(const T* base, long long row0, long long row_stride, int n) const {
+        const unsigned g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = g + 8 * r;
+            const T* src = base + row0 + (row < n ? row : 0) * row_stride + 8 * t;  // a valid address either way
+#pragma unroll
+            for (int s = 0; s < NB; ++s) {
+                const auto dst = static_cast<std::uint32_t>(__cvta_generic_to_shared(slot + (r * NB + s) * 32 + lane_id()));
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src + 32 * s),
+                             "r"(row < n ? 16 : 0)
+                             : "memory");
+            }
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    // Waits for every copy this lane has issued, then reads the rows.
+    __device__ __forceinline__ void read(Rows<T, D>& x) const {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int s = 0; s < NB; ++s) x.x[r][s] = slot[(r * NB + s) * 32 + lane_id()];
+    }
+};
+
 // Stores the C tiles acc[0 .. D/8) (row layout, scaled per row) as rows of T; rows >= n skipped.
 template <class T, int D, int NT>
 __device__ __forceinline__ void store_rows(T* base, long long row0, long long row_stride, int n,
