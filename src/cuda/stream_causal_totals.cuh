@@ -35,8 +35,8 @@ struct CausalTotalsLayout {
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
     static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
-    std::size_t wpu, zt, phiQT, gT, cT, stage, total;
-    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), gT(0), cT(0), stage(0), total(0) {
+    std::size_t wpu, zt, phiQT, gT, cT, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), gT(0), cT(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -48,7 +48,6 @@ struct CausalTotalsLayout {
         phiQT = take(warp::kM * Base::ldT * sizeof(float));
         gT = take(D * Base::ldV * sizeof(T));
         cT = take(kChunk * sizeof(float));
-        stage = take(kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k (v21): 112 KB in all at D=128
         total = at;
     }
 };
@@ -81,7 +80,6 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
     T* gT = reinterpret_cast<T*>(sm + lay.gT);
     float* cT = reinterpret_cast<float*>(sm + lay.cT);
-    const StagedRows<T, D> stage_k{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * (StagedRows<T, D>::kBytes / 16)};
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -93,26 +91,21 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     stream::arrange_projection<D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
     stream::StateSlice<T, D> u_slice;
-    // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
-    auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
-    auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
-    stage_k.fetch(a.k, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     __syncthreads();
 
     int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
-        const int n = tile_rows(c0);
-        const long long row0 = tile_row(c0);
+        const int t0 = c0 + kTile * warp_id;
+        const int n = max(0, min(kTile, seg_end - t0));
+        const long long row0 = blk.row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
-        // 1. Features of the tile's keys (their sum) and queries, the diagonal block. The next
-        // chunk's keys are copied into the warp's slot once these have been used.
+        // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
         float phq[2][kR], diag[2];
         {
             float u[2][kP], phk[2][kR];
             Rows<T, D> xk;
-            stage_k.read(xk);
+            xk.load(a.k, row0, row_stride, n);
             project<T, D>(xk, wpu, u);
-            if (c0 + kChunk < seg_end) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features(u, d.beta, n, phk);
             stream::put_tile_sums(zt + warp_id * ldZ, phk);
             Rows<T, D> xq;
