@@ -121,14 +121,16 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
         stream::times_state<NTW, NTW>(phq, sa, num);
         for (int j = 0; j <= warp_id; ++j) {
             // att = phi(q) phi(k_j)^T (16 x 16, n-tile nt: keys 8nt .. 8nt + 7 of tile j), masked.
-            float att[2][4] = {};
+            float half[2][2][4] = {};  // over even and odd k-steps (v23)
 #pragma unroll
             for (int ks = 0; ks < 8; ++ks) {
                 std::uint32_t af[4];
                 feature_frag(phq, ks, af);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
+                for (int nt = 0; nt < 2; ++nt) mma(half[ks % 2][nt], af, phiKB[((j * 8 + ks) * 2 + nt) * 32 + lane_id()]);
             }
+            float att[2][4];
+            stream::halves_sum(half, att);
             if (j == warp_id) stream::mask_diagonal(att);
             stream::times_values<T, D, ldV>(att, vT, kTile * j, num);  // num += att [v, 1]
         }

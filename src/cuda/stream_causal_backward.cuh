@@ -21,7 +21,10 @@
 //      from the same blocks, then dk, dv;
 //      all: U plus the chunk's queries; barrier.
 // The states are B operands read straight from the float32 copy; see SharedState for the layout
-// that serves both products and for the rounding to TF32.
+// that serves both products and for the rounding to TF32. v23: the query warps copy the chunk's
+// o rows into shared memory with cp.async at step 1 and read them at step 3 (a global-memory
+// latency off every chunk), and their step-3 products accumulate even and odd k-steps apart
+// (dependent chains half as long, twice as many in flight).
 #pragma once
 
 #include "stream_kernels.cuh"
@@ -39,9 +42,9 @@ struct CausalBackwardLayout {
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
     static constexpr int ldP = 24;  // floats: rows 24 apart, a half-warp's 8-byte loads hit distinct banks
     static constexpr int kBlockFloats = warp::kTile * ldP;
-    std::size_t red, wpu, wpd, s, u, phiKT, phiQT, vT, wmT, pairs, total;
+    std::size_t red, wpu, wpd, s, u, phiKT, phiQT, vT, wmT, pairs, stage, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), phiKT(0), phiQT(0), vT(0), wmT(0), pairs(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), phiKT(0), phiQT(0), vT(0), wmT(0), pairs(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -58,6 +61,7 @@ struct CausalBackwardLayout {
         vT = take(kRows * ldV * sizeof(T));
         wmT = take(kRows * ldT * sizeof(float));
         pairs = take(kPairs * 2 * kBlockFloats * sizeof(float));
+        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 221 KB in all at D=128
         total = at;
     }
 };
@@ -226,6 +230,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     T* vT = reinterpret_cast<T*>(sm + lay.vT);
     float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
     float* pairs = reinterpret_cast<float*>(sm + lay.pairs);
+    const StagedRows<T, D> stage_o{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32 % 4) * (StagedRows<T, D>::kBytes / 16)};
     constexpr int ldP = Lay::ldP, kBlock = Lay::kBlockFloats;
     auto v_at = [](int col, int tok) { return col * ldV + tok; };
     auto w_at = [](int col, int tok) { return wm_at<ldT>(col, tok); };
@@ -265,6 +270,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             Rows<T, D> x1;
             x1.load(queries ? a.q : a.k, row0, row_stride, n);
             x2.load(queries ? a.dout : a.v, row0, row_stride, n);
+            if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
             project<T, D>(x1, wpu, u);
             features(u, d.beta, n, phi);
             put_features<ldT>(queries ? phiQT : phiKT, col0, phi);
@@ -285,18 +291,18 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             // then each block's row sums.
             float den[2];
             {
-                float col[4] = {};
+                float col[2][4] = {};  // even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < 8; ++ks) {
                     std::uint32_t af[4], b0, b1;
                     feature_frag(phi, ks, af);
                     S.by_features(ks, NTD, b0, b1);
-                    mma(col, af, b0, b1);
+                    mma(col[ks % 2], af, b0, b1);
                 }
-                den[0] = col[0], den[1] = col[2];
+                den[0] = col[0][0] + col[1][0], den[1] = col[0][2] + col[1][2];
             }
             for (int j = 0; j <= tile; ++j) {
-                float att[2][4] = {};  // phi(q) phi(k_j)^T
+                float half[2][2][4] = {};  // phi(q) phi(k_j)^T over even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < 8; ++ks) {
                     std::uint32_t af[4];
@@ -304,10 +310,12 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
                     for (int nt = 0; nt < 2; ++nt) {
                         const int key = kTile * j + 8 * nt + g;
-                        mma(att[nt], af, __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 0), key)]),
+                        mma(half[ks % 2][nt], af, __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 0), key)]),
                             __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 1), key)]));
                     }
                 }
+                float att[2][4];
+                stream::halves_sum(half, att);
                 if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j)) * kBlock, att);
 #pragma unroll
@@ -317,12 +325,12 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             for (int r = 0; r < 2; ++r) den[r] = sum_over_t(den[r]);
             {
                 Rows<T, D> xo;
-                xo.load(a.o, row0, row_stride, n);
+                stage_o.read(xo);
                 stream::gradient_from_output<T, D>(x2, xo, den, n, wide);
             }
             put_wm<D, ldT>(wmT, col0, wide);
             for (int j = 0; j <= tile; ++j) {
-                float att[2][4] = {};  // Wm [v_j, 1]^T
+                float half[2][2][4] = {};  // Wm [v_j, 1]^T over even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < NTW; ++ks) {
                     std::uint32_t af[4];
@@ -330,10 +338,12 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
                     for (int nt = 0; nt < 2; ++nt) {
                         const int key = kTile * j + 8 * nt + g;
-                        mma(att[nt], af, value_bits(vT, v_at(in_col<D>(ks, t, 0), key)),
+                        mma(half[ks % 2][nt], af, value_bits(vT, v_at(in_col<D>(ks, t, 0), key)),
                             value_bits(vT, v_at(in_col<D>(ks, t, 1), key)));
                     }
                 }
+                float att[2][4];
+                stream::halves_sum(half, att);
                 if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }

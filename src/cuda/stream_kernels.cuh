@@ -184,6 +184,15 @@ __device__ __forceinline__ void mask_diagonal(float (&c)[2][4]) {
             if (8 * nt + 2 * t + e % 2 > g + 8 * (e / 2)) c[nt][e] = 0.0f;
 }
 
+// c = a 16 x 16 block accumulated over even (half[0]) and odd (half[1]) k-steps apart (v23:
+// dependent chains of half the length, twice as many in flight).
+__device__ __forceinline__ void halves_sum(const float (&half)[2][2][4], float (&c)[2][4]) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[nt][e] = half[0][nt][e] + half[1][nt][e];
+}
+
 // The tile's features transposed into phiT ([feature][token], ld ldT), rounded to TF32 (read
 // only as tensor-core operands); col0 is the tile's first token column.
 template <int ldT>
