@@ -271,7 +271,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             x1.load(queries ? a.q : a.k, row0, row_stride, n);
             x2.load(queries ? a.dout : a.v, row0, row_stride, n);
             if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
-            project<T, D>(x1, wpu, u);
+            project<T, D, 1>(x1, wpu, u);
             features(u, d.beta, n, phi);
             put_features<ldT>(queries ? phiQT : phiKT, col0, phi);
             if (!queries) stream::put_values_t<T, D, ldV>(vT, col0, x2, n);

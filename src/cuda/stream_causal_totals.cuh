@@ -105,12 +105,12 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
             float u[2][kP], phk[2][kR];
             Rows<T, D> xk;
             xk.load(a.k, row0, row_stride, n);
-            project<T, D>(xk, wpu, u);
+            project<T, D, 1>(xk, wpu, u);
             features(u, d.beta, n, phk);
             stream::put_tile_sums(zt + warp_id * ldZ, phk);
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
-            project<T, D>(xq, wpu, u);
+            project<T, D, 1>(xq, wpu, u);
             features(u, d.beta, n, phq);
             // att = phi(q) phi(k)^T: B's column g of n-tile nt is key g + 8 nt, the lane's own row nt.
             float att[2][4] = {};

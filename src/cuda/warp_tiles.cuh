@@ -155,9 +155,12 @@ __device__ __forceinline__ void store_rows(T* base, long long row0, long long ro
 
 // u = tanh(x Wp^T) for the lane's rows and table t: u[r][p]. `wpu` holds Wp^T in fragment order
 // (stream_kernels.cuh, arrange_projection): k-step ks, n-tile nt at wpu[(ks * 2 + nt) * 32 + lane].
-template <class T, int D>
+// With kChains = 2 (v24) the D / 8 k-steps accumulate even and odd apart: two dependent chains of
+// D / 16 links per n-tile instead of one of D / 8. The causal totals and v12 keep one chain: at
+// their register limits the second cost them more than it saved (gpu-notes.md, v24).
+template <class T, int D, int kChains = 2>
 __device__ __forceinline__ void project(const Rows<T, D>& x, const float2* wpu, float (&u)[2][kP]) {
-    float acc[2][4] = {};
+    float acc[kChains][2][4] = {};  // [k-step parity][n-tile]
 #pragma unroll
     for (int s = 0; s < D / 32; ++s) {
         float f0[8], f1[8];
@@ -169,16 +172,22 @@ __device__ __forceinline__ void project(const Rows<T, D>& x, const float2* wpu, 
             const std::uint32_t a[4] = {__float_as_uint(f0[2 * c]), __float_as_uint(f1[2 * c]),
                                         __float_as_uint(f0[2 * c + 1]), __float_as_uint(f1[2 * c + 1])};
             const int ks = 4 * s + c;
-            mma(acc[0], a, wpu[(ks * 2 + 0) * 32 + lane_id()]);
-            mma(acc[1], a, wpu[(ks * 2 + 1) * 32 + lane_id()]);
+            mma(acc[c % kChains][0], a, wpu[(ks * 2 + 0) * 32 + lane_id()]);
+            mma(acc[c % kChains][1], a, wpu[(ks * 2 + 1) * 32 + lane_id()]);
         }
     }
 #pragma unroll
+    for (int h = 1; h < kChains; ++h)
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[0][nt][e] += acc[h][nt][e];
+#pragma unroll
     for (int r = 0; r < 2; ++r) {
-        u[r][0] = tanhf(acc[0][2 * r]);
-        u[r][1] = tanhf(acc[0][2 * r + 1]);
-        u[r][2] = tanhf(acc[1][2 * r]);
-        u[r][3] = tanhf(acc[1][2 * r + 1]);
+        u[r][0] = tanhf(acc[0][0][2 * r]);
+        u[r][1] = tanhf(acc[0][0][2 * r + 1]);
+        u[r][2] = tanhf(acc[0][1][2 * r]);
+        u[r][3] = tanhf(acc[0][1][2 * r + 1]);
     }
 }
 
