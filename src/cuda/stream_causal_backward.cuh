@@ -360,6 +360,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                     mma(wide[nt], af, b0, b1);
                 }
             }
+            float odd[8][4] = {};  // odd k-steps apart: two chains of 9 links instead of one of 17
 #pragma unroll
             for (int ks = 0; ks < NTW; ++ks) {
                 std::uint32_t af[4];
@@ -368,15 +369,20 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 for (int nt = 0; nt < 8; ++nt) {
                     std::uint32_t b0, b1;
                     U.by_columns(ks, nt, b0, b1);
-                    mma(dph[nt], af, b0, b1);
+                    mma(ks % 2 ? odd[nt] : dph[nt], af, b0, b1);
                 }
             }
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dph[nt][e] += odd[nt][e];
         }
         __syncthreads();  // Wm^T
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         const float one[2] = {1.0f, 1.0f};
         if (queries) {
+            float odd[8][4] = {};  // odd k-steps apart: two chains of 9 links instead of one of 17
 #pragma unroll
             for (int ks = 0; ks < NTW; ++ks) {
                 std::uint32_t af[4];
@@ -385,7 +391,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 for (int nt = 0; nt < 8; ++nt) {
                     std::uint32_t b0, b1;
                     S.by_columns(ks, nt, b0, b1);
-                    mma(dph[nt], af, b0, b1);
+                    mma(ks % 2 ? odd[nt] : dph[nt], af, b0, b1);
                 }
             }
             for (int j = 0; j <= tile; ++j) {
@@ -396,9 +402,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                     const int key = kTile * j + 8 * nt + 2 * t;
 #pragma unroll
                     for (int nf = 0; nf < 8; ++nf)
-                        mma(dph[nf], af, *reinterpret_cast<const float2*>(phiKT + phi_at<ldT>(kR * (g / 2) + 2 * nf + g % 2, key)));
+                        mma(nt ? odd[nf] : dph[nf], af, *reinterpret_cast<const float2*>(phiKT + phi_at<ldT>(kR * (g / 2) + 2 * nf + g % 2, key)));
                 }
             }
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dph[nt][e] += odd[nt][e];
             float dphi[2][kR], dz[2][kP], dq[NTD][4];
             stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
