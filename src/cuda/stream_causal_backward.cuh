@@ -258,17 +258,21 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 
     double dbeta = 0.0;
     const int chunks = (blk.end - blk.begin + kChunk - 1) / kChunk;
+    // The warp's tile of chunk ci: its rows and its first row (clamped into the segment).
+    auto tile_rows = [&](int ci) { return max(0, min(kTile, blk.end - (blk.begin + ci * kChunk + kTile * tile))); };
+    auto tile_row = [&](int ci) { return blk.row_of(min(blk.begin + ci * kChunk + kTile * tile, blk.end - 1)); };
+    // The warp's q or k rows, which step 1 needs first. v26: those of the next chunk to walk are
+    // loaded at the end of step 4, so that they are in flight during U's update and the barrier.
+    Rows<T, D> x1;
+    x1.load(queries ? a.q : a.k, tile_row(chunks - 1), row_stride, tile_rows(chunks - 1));
     for (int ci = chunks - 1; ci >= 0; --ci) {
-        const int t0 = blk.begin + ci * kChunk + kTile * tile;
-        const int n = max(0, min(kTile, blk.end - t0));
-        const long long row0 = blk.row_of(min(t0, blk.end - 1));
+        const int n = tile_rows(ci);
+        const long long row0 = tile_row(ci);
         const int col0 = kTile * tile;
-        // 1. The warp's rows: queries keep dout (x2), keys keep v.
+        // 1. Features; queries keep dout (x2) for step 3, keys v.
         float u[2][kP], phi[2][kR];
         Rows<T, D> x2;
         {
-            Rows<T, D> x1;
-            x1.load(queries ? a.q : a.k, row0, row_stride, n);
             x2.load(queries ? a.dout : a.v, row0, row_stride, n);
             if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
             project<T, D, 1>(x1, wpu, u);
@@ -439,6 +443,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             planes_out<D>(dz, wpd, dk);
             store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
         }
+        if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
         add_chunk<float, D, ldT, kChunk>(U.x, 1.0f, phiQT, wmT, w_at);
         __syncthreads();  // U; phiQT, phiKT, vT, Wm^T read before the next chunk's step 1
     }
