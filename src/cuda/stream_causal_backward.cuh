@@ -24,7 +24,8 @@
 // that serves both products and for the rounding to TF32. v23: the query warps copy the chunk's
 // o rows into shared memory with cp.async at step 1 and read them at step 3 (a global-memory
 // latency off every chunk), and their step-3 products accumulate even and odd k-steps apart
-// (dependent chains half as long, twice as many in flight).
+// (dependent chains half as long, twice as many in flight); v25 does the same for the two
+// 17-step state products, v26 loads the next chunk's q or k rows at the end of step 4.
 #pragma once
 
 #include "stream_kernels.cuh"
