@@ -18,7 +18,7 @@
 #include "stream_causal.cuh"
 #include "stream_causal_backward.cuh"
 #include "stream_causal_totals.cuh"
-#include "stream_kernels.cuh"
+#include "stream_noncausal.cuh"
 #include "state_scan.hpp"
 
 namespace racesp::cuda {
@@ -150,7 +150,7 @@ struct Engine::Impl {
             return a.lay.total * sizeof(float);
         };
         if constexpr (!std::is_same<T, float>::value) {
-            // v9: passes on warp tiles (stream_kernels.cuh): the key totals (the same segment sums
+            // v9, v27: passes on warp tiles (stream_noncausal.cuh): the key totals (the same segment sums
             // for every mode), and for the non-causal kernel normalisation the forward and, with
             // v8's split, the query totals (with dq) and the keys' side.
             const bool sizes = stream_on && fixed_sizes && d.vec && d.P == 4 && d.L == 4 && (d.D == 128 || d.D == 64);
@@ -203,13 +203,13 @@ struct Engine::Impl {
     }
     template <class T, int D>
     void launch_stream(Pass pass, dim3 grid, const SegmentArgs<T>& a) {
-        const std::size_t bytes = StreamLayout<T, D>(pass).total;
-        const int threads = StreamLayout<T, D>::kThreads;
+        const std::size_t bytes = NoncausalLayout<T, D>(pass).total;
+        const int threads = NoncausalLayout<T, D>::kThreads;
         switch (pass) {
-            case Pass::key_state: go(stream_kernel<T, D, Pass::key_state>, grid, bytes, a, threads); break;
-            case Pass::forward: go(stream_kernel<T, D, Pass::forward>, grid, bytes, a, threads); break;
-            case Pass::query_state: go(stream_kernel<T, D, Pass::query_state>, grid, bytes, a, threads); break;
-            case Pass::backward: go(stream_kernel<T, D, Pass::backward>, grid, bytes, a, threads); break;
+            case Pass::key_state: go(noncausal_kernel<T, D, Pass::key_state>, grid, bytes, a, threads); break;
+            case Pass::forward: go(noncausal_kernel<T, D, Pass::forward>, grid, bytes, a, threads); break;
+            case Pass::query_state: go(noncausal_kernel<T, D, Pass::query_state>, grid, bytes, a, threads); break;
+            case Pass::backward: go(noncausal_kernel<T, D, Pass::backward>, grid, bytes, a, threads); break;
         }
     }
     template <class T, int D>

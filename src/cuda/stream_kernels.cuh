@@ -1,17 +1,9 @@
-// v9 (experiments/gpu-notes.md): the non-causal passes with one warp per 16-token tile and every
-// per-token quantity in registers (warp_tiles.cuh), for bf16/fp16 inputs, kernel normalisation,
-// P = L = 4 and D = 64 or 128. Non-causal, every token's work depends only on the states S and U,
-// so the forward and the backward's keys' side have no barrier at all; the two sums over tokens
-// (key totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory
-// once per 128-token chunk: each warp writes its tile's features and right-hand rows transposed,
-// then each warp adds the chunk to its own slice of the state, held in registers for the whole
-// segment. The key totals are the same sums in every mode, so that pass serves causal and
-// bucket runs too. The segment kernels (segment_kernel.cuh) still run everything else (the causal
-// and bucket sweeps, fp32, other sizes, the per-call API's query totals and backward without split_dq).
-//
-// Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
-// totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the
-// queries' part that the query totals wrote).
+// The TF32 warp-tile helpers (warp_tiles.cuh) that the causal warp-tile kernels share
+// (stream_causal.cuh, stream_causal_totals.cuh, stream_causal_backward.cuh): v9's chunk and
+// shared-memory strides, the block's segment, the states arranged as B operands, the masked
+// 16 x 16 blocks and the per-warp slices of a state summed over a chunk. One warp owns a tile of
+// 16 tokens; a block of 8 warps walks its segment in chunks of 128 tokens. (v9-v26 ran the
+// non-causal passes on these too; v27 moved them to 16-bit operands: stream_noncausal.cuh.)
 #pragma once
 
 #include "segment_kernel.cuh"
@@ -19,7 +11,7 @@
 
 namespace racesp::cuda {
 
-// Shared memory of a v9 kernel, in bytes from the start of the dynamic area; 0 size = unused.
+// The chunk and the strides of the transposed tiles in shared memory.
 template <class T, int D>
 struct StreamLayout {
     static constexpr int kWarps = 8, kThreads = 32 * kWarps;
@@ -27,29 +19,6 @@ struct StreamLayout {
     static constexpr int NTD = D / 8, NTW = NTD + 1;
     static constexpr int ldT = kChunk + 8;   // floats: 8 mod 32, conflict-free 8-byte fragment loads
     static constexpr int ldV = kChunk + 10;  // T elements
-    std::size_t red, wpu, wpd, sa, z, st, phiT, bT, total;
-
-    __host__ __device__ constexpr StreamLayout(Pass pass)
-        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phiT(0), bT(0), total(0) {
-        std::size_t at = 0;
-        auto take = [&](std::size_t bytes) {
-            const std::size_t here = at;
-            at += (bytes + 127) / 128 * 128;
-            return here;
-        };
-        const std::size_t f2 = sizeof(float2);
-        red = take(kWarps * sizeof(double));
-        wpu = take(NTD * 2 * 32 * f2);
-        const bool grad = pass == Pass::query_state || pass == Pass::backward;
-        if (grad) wpd = take(2 * NTD * 32 * f2);
-        if (pass == Pass::forward || pass == Pass::backward) sa = take(8 * NTW * 32 * f2);
-        if (pass == Pass::query_state) z = take(warp::kM * sizeof(float));
-        if (grad) st = take(NTW * 8 * 32 * f2);
-        if (pass == Pass::key_state || pass == Pass::query_state) phiT = take(warp::kM * ldT * sizeof(float));
-        if (pass == Pass::key_state) bT = take(NTW * 8 * ldV * sizeof(T));
-        if (pass == Pass::query_state) bT = take(NTW * 8 * ldT * sizeof(float));
-        total = at;
-    }
 };
 
 namespace stream {
@@ -77,19 +46,6 @@ __device__ __forceinline__ void inverse_normaliser(const float (&num)[NTW][4], f
 template <int D>
 __device__ void load_key_sums(float* z, const float* x) {
     for (int f = threadIdx.x; f < warp::kM; f += blockDim.x) z[f] = __ldg(x + f * (D + 1) + D);
-}
-
-// phi . z for the lane's two rows (z in shared memory, one float per feature), summed over the
-// four lanes of the row's tables.
-__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float* z, float (&out)[2]) {
-    const int t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float s = 0.0f;
-#pragma unroll
-        for (int b = 0; b < warp::kR; ++b) s += phi[r][b] * z[warp::kR * t + b];
-        out[r] = warp::sum_over_t(s);
-    }
 }
 
 // Wp^T as B operand of the projection: k-step ks (columns in_col), n-tile nt (planes proj_col).
@@ -157,20 +113,6 @@ __device__ __forceinline__ void dphi_of(const float (&acc)[8][4], float (&dph)[2
             dph[r][2 * nt] = acc[nt][2 * r];
             dph[r][2 * nt + 1] = acc[nt][2 * r + 1];
         }
-}
-
-// dL/dphi (dph[r][b]) = R X^T, R given per k-step by `frag(ks, a)`.
-template <int D, class Frag>
-__device__ __forceinline__ void times_state_t(Frag frag, const float2* st, float (&dph)[2][warp::kR]) {
-    float acc[8][4] = {};
-#pragma unroll
-    for (int ks = 0; ks < D / 8 + 1; ++ks) {
-        std::uint32_t a[4];
-        frag(ks, a);
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) warp::mma(acc[nt], a, st[(ks * 8 + nt) * 32 + warp::lane_id()]);
-    }
-    dphi_of(acc, dph);
 }
 
 // A 16 x 16 block of a query tile with the same tokens' key tile (C tiles nt = 0, 1: query
@@ -274,16 +216,6 @@ __device__ __forceinline__ void gradient_from_output(const warp::Rows<T, D>& xg,
         wm[NTD][2 * r] = t == 0 ? warp::tf32f(-go[r] * inv) : 0.0f;
         wm[NTD][2 * r + 1] = 0.0f;
     }
-}
-
-// C tiles over D + 1 columns transposed into bT ([column][token], ld ldB).
-template <int D, int ldB>
-__device__ __forceinline__ void put_tiles_t(float* bT, int col0, const float (&c)[D / 8 + 1][4]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int nt = 0; nt < D / 8 + 1; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) bT[warp::out_col<D>(nt, 2 * t + e % 2) * ldB + col0 + g + 8 * (e / 2)] = c[nt][e];
 }
 
 // The warp's slice of a state (M x W) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i, and
@@ -412,161 +344,5 @@ __device__ __forceinline__ void times_values(const float (&att)[2][4], const T* 
 }
 
 }  // namespace stream
-
-// Two blocks per multiprocessor (at most 128 registers a thread) where the shared memory allows;
-// the query totals' 160 KB (D=128) hold one.
-template <Pass pass>
-constexpr int stream_min_blocks() { return pass == Pass::query_state ? 1 : 2; }
-
-template <class T, int D, Pass pass>
-__global__ void __launch_bounds__(StreamLayout<T, D>::kThreads, stream_min_blocks<pass>()) stream_kernel(const SegmentArgs<T> a) {
-    using Lay = StreamLayout<T, D>;
-    using namespace warp;
-    constexpr Lay lay(pass);
-    constexpr int W = D + 1, NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk;
-    extern __shared__ __align__(128) unsigned char sm[];
-    double* red = reinterpret_cast<double*>(sm + lay.red);
-    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
-    float2* wpd = reinterpret_cast<float2*>(sm + lay.wpd);
-    float2* sa = reinterpret_cast<float2*>(sm + lay.sa);
-    float2* st = reinterpret_cast<float2*>(sm + lay.st);
-    float* phiT = reinterpret_cast<float*>(sm + lay.phiT);
-
-    const Dims& d = a.d;
-    const stream::SegmentBlock<D> blk(d);
-    const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
-    const long long row_stride = blk.row_stride, bh = blk.bh;
-    const int warp_id = threadIdx.x / 32;
-    const long long state_size = static_cast<long long>(kM) * W;
-    const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
-
-    stream::arrange_projection<D>(wpu, wp);
-    if constexpr (pass == Pass::query_state || pass == Pass::backward) stream::arrange_planes_out<D>(wpd, wp);
-    if constexpr (pass == Pass::forward) stream::arrange_state<D>(sa, a.s_start + bh * state_size);
-    if constexpr (pass == Pass::query_state) {
-        stream::load_key_sums<D>(reinterpret_cast<float*>(sm + lay.z), a.s_start + bh * state_size);
-        stream::arrange_state_t<D>(st, a.s_start + bh * state_size);
-    }
-    if constexpr (pass == Pass::backward) {
-        stream::arrange_state<D>(sa, a.u_start + bh * state_size);
-        stream::arrange_state_t<D>(st, a.u_start + bh * state_size);
-    }
-    if constexpr (pass == Pass::key_state) {
-        // Columns D+1.. of [v, 1]^T are never written: zero once.
-        T* vT = reinterpret_cast<T*>(sm + lay.bT);
-        for (int i = threadIdx.x; i < NTW * 8 * Lay::ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);
-    }
-    __syncthreads();
-    double dbeta = 0.0;
-
-    if constexpr (pass == Pass::forward || pass == Pass::backward) {
-        // One tile per warp at a time, no barrier.
-        for (int t0 = seg_begin + kTile * warp_id; t0 < seg_end; t0 += kTile * Lay::kWarps) {
-            const int n = min(kTile, seg_end - t0);
-            const long long row0 = blk.row_of(t0);
-            float u[2][kP], phi[2][kR];
-            if constexpr (pass == Pass::forward) {
-                Rows<T, D> xq;
-                xq.load(a.q, row0, row_stride, n);
-                project<T, D>(xq, wpu, u);
-                features(u, d.beta, n, phi);
-                float num[NTW][4] = {};
-                stream::times_state<NTW, NTW>(phi, sa, num);
-                // o = num[:, :D] / num[:, D].
-                float inv[2];
-                stream::inverse_normaliser(num, inv);
-                store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
-            } else {
-                // Keys' side (v8's split: dq came from the query totals pass).
-                Rows<T, D> xk, xv;
-                xk.load(a.k, row0, row_stride, n);
-                xv.load(a.v, row0, row_stride, n);
-                project<T, D>(xk, wpu, u);
-                features(u, d.beta, n, phi);
-                // dL/dphi(k) = [v, 1] U^T.
-                float dph[2][kR];
-                stream::times_state_t<D>([&](int ks, std::uint32_t(&af)[4]) { values_frag<T, D>(xv, ks, n, af); }, st,
-                                         dph);
-                // dL/dz first: dL/dphi(k) is then dead while dv's 64 accumulators live (v9 spilled
-                // 192 bytes at 128 registers with the other order).
-                float dz[2][kP];
-                dbeta += features_backward(u, phi, dph, d.beta, dz);
-                const float one[2] = {1.0f, 1.0f};
-                {
-                    // dv = phi(k) U[:, :D].
-                    float dv[NTD][4] = {};
-                    stream::times_state<NTD, NTW>(phi, sa, dv);
-                    store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
-                }
-                float dk[NTD][4];
-                planes_out<D>(dz, wpd, dk);
-                store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
-            }
-        }
-    } else {
-        // The sums over tokens: chunks of kChunk tokens, warp w on tokens 16w .. 16w + 15.
-        using BT = std::conditional_t<pass == Pass::key_state, T, float>;
-        constexpr int ldB = pass == Pass::key_state ? Lay::ldV : Lay::ldT;
-        BT* bT = reinterpret_cast<BT*>(sm + lay.bT);
-        stream::StateSlice<BT, D> slice;
-        for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
-            const int t0 = c0 + kTile * warp_id;
-            const int n = max(0, min(kTile, seg_end - t0));
-            const long long row0 = blk.row_of(min(t0, seg_end - 1));
-            const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
-            float u[2][kP], phi[2][kR];
-            if constexpr (pass == Pass::key_state) {
-                Rows<T, D> xk, xv;
-                xk.load(a.k, row0, row_stride, n);
-                xv.load(a.v, row0, row_stride, n);
-                project<T, D>(xk, wpu, u);
-                features(u, d.beta, n, phi);
-                stream::put_values_t<T, D, ldB>(bT, col0, xv, n);
-            } else {
-                // Query totals with v8's split: also dq and the queries' part of dbeta. v14: Wm
-                // from the forward's o and the normaliser phi(q) . z alone.
-                Rows<T, D> xq, xg, xo;
-                xq.load(a.q, row0, row_stride, n);
-                xg.load(a.dout, row0, row_stride, n);
-                xo.load(a.o, row0, row_stride, n);
-                project<T, D>(xq, wpu, u);
-                features(u, d.beta, n, phi);
-                float den[2];
-                stream::feature_dot(phi, reinterpret_cast<const float*>(sm + lay.z), den);
-                float wm[NTW][4];
-                stream::gradient_from_output<T, D>(xg, xo, den, n, wm);
-                // dL/dphi(q) = Wm S^T: Wm's C tile nt is the A fragment of k-step nt.
-                float dph[2][kR];
-                stream::times_state_t<D>(
-                    [&](int ks, std::uint32_t(&af)[4]) {
-                        af[0] = __float_as_uint(wm[ks][0]), af[1] = __float_as_uint(wm[ks][2]);
-                        af[2] = __float_as_uint(wm[ks][1]), af[3] = __float_as_uint(wm[ks][3]);
-                    },
-                    st, dph);
-                // Wm^T into bT for U += phi(q)^T Wm.
-                stream::put_tiles_t<D, ldB>(bT, col0, wm);
-                float dz[2][kP];
-                dbeta += features_backward(u, phi, dph, d.beta, dz);
-                float dq[NTD][4];
-                planes_out<D>(dz, wpd, dq);
-                const float one[2] = {1.0f, 1.0f};
-                if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
-            }
-            stream::put_features_t<Lay::ldT>(phiT, col0, phi);
-            __syncthreads();  // the chunk's phi^T and right-hand rows
-            slice.template add<Lay::ldT, ldB, kChunk>(phiT, bT);
-            __syncthreads();  // read before the next chunk overwrites them
-        }
-        slice.store(a.seg_out + (bh * d.nseg + seg) * state_size);
-    }
-
-    if constexpr (pass == Pass::query_state || pass == Pass::backward) {
-        const double s = warp::block_sum(dbeta, red, Lay::kWarps);
-        if (threadIdx.x == 0) {
-            double* part = a.dbeta_part + bh * d.nseg + seg;
-            *part = (pass == Pass::backward ? *part : 0.0) + s;
-        }
-    }
-}
 
 }  // namespace racesp::cuda

@@ -1,4 +1,4 @@
-// Warp-level building blocks of the v9 non-causal kernels (stream_kernels.cuh): one warp owns a
+// Warp-level building blocks of the TF32 warp-tile kernels (stream_causal*.cuh): one warp owns a
 // tile of 16 tokens and keeps every per-token quantity in registers, in the operand layouts of
 // the TF32 tensor-core instruction mma.sync.m16n8k8 (PTX ISA, "Matrix fragments for mma.m16n8k8"):
 // lane = 4 g + t holds rows g and g + 8 of A and C, column t (and t + 4) of A, column 2t, 2t + 1

@@ -225,8 +225,13 @@ TEST(CudaVsCpu, SameOutputsAndGradients) {
 // product order) differs in its last bits; that moves some phi values across a TF32 rounding
 // boundary and some bf16/fp16 outputs by one unit, and a norm-wise error over outputs rounded to
 // a unit e = 2^-8 grows like sqrt(delta * e) for a float32 difference delta: the v6 device run
-// printed o 0.8-1.8e-4, dq/dk/dv 1.1-6.2e-4 (bf16, D 64/128). Held to 2e-3: ten times under the
-// float64 tolerance, and far under the O(1) of an indexing fault.
+// printed o 0.8-1.8e-4, dq/dk/dv 1.1-6.2e-4 (bf16, D 64/128).
+// v27: the non-causal kernels and the key totals of every mode take bf16 operands (8 bits of
+// mantissa; the run-time-size kernels TF32, 11), so the two now differ by the bf16 kernels' own
+// error against float64, not by summation order: the v27 device run printed o up to 2.4e-3,
+// dq/dk/dv up to 5.0e-3, dbeta up to 1.23e-2. Held to 1e-2 (dbeta 2e-2, the float64
+// tolerance): each side is held to 2e-2 of float64 (CudaVsReference), and an indexing fault
+// gives O(1).
 TEST(CudaFixedSizes, SameAsRunTimeSizes) {
     SKIP_WITHOUT_GPU();
     for (DType dt : {DType::bf16, DType::f16})
@@ -249,7 +254,8 @@ TEST(CudaFixedSizes, SameAsRunTimeSizes) {
                                         std::abs(fixed.dbeta - runtime.dbeta) / std::max(1.0, std::abs(runtime.dbeta))};
                     std::printf("  %s fixed vs run-time sizes: o %.2e dq %.2e dk %.2e dv %.2e dbeta %.2e\n",
                                 name(c).c_str(), e[0], e[1], e[2], e[3], e[4]);
-                    for (double x : e) EXPECT_LT(x, 2e-3);
+                    for (int i = 0; i < 4; ++i) EXPECT_LT(e[i], 1e-2) << i;
+                    EXPECT_LT(e[4], 2e-2) << "dbeta";
                 }
 }
 

@@ -1,0 +1,449 @@
+// The non-causal passes on warp tiles, for bf16/fp16 inputs, kernel normalisation, P = L = 4
+// and D = 64 or 128: v9's kernels (experiments/gpu-notes.md) with v27's 16-bit tensor-core
+// operands (warp_tiles16.cuh). One warp owns a tile of 16 tokens and keeps every per-token
+// quantity in registers. Non-causal, every token's work depends only on the states S and U, so
+// the forward and the backward's keys' side have no barrier at all; the two sums over tokens (key
+// totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory once
+// per 128-token chunk: each warp writes its tile's features and right-hand rows transposed, then
+// each warp adds the chunk to its own slice of the state, held in registers (float32) for the
+// whole segment. The key totals are the same sums in every mode, so that pass serves causal and
+// bucket runs too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes; the causal
+// warp-tile kernels (stream_causal*.cuh) keep TF32 operands.
+//
+// Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
+// totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the
+// queries' part that the query totals wrote).
+#pragma once
+
+#include "stream_kernels.cuh"
+#include "warp_tiles16.cuh"
+
+namespace racesp::cuda {
+
+// Shared memory of a non-causal kernel, in bytes from the start of the dynamic area; 0 = unused.
+template <class T, int D>
+struct NoncausalLayout {
+    static constexpr int kWarps = 8, kThreads = 32 * kWarps;
+    static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
+    static constexpr int NTD = D / 8, NTW = NTD + 1;      // n-tiles over D, D + 1 columns
+    static constexpr int KSD = D / 16;                    // k-steps over D columns
+    // bf16 elements between the rows of the transposed tiles: 72 words, 8 mod 32, so the 8-byte
+    // fragment loads of a half warp hit 32 different banks.
+    static constexpr int ld = kChunk + 16;
+    std::size_t red, wpu, wpd, sa, z, st, phiT, bT, total;
+
+    __host__ __device__ constexpr NoncausalLayout(Pass pass)
+        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phiT(0), bT(0), total(0) {
+        std::size_t at = 0;
+        auto take = [&](std::size_t bytes) {
+            const std::size_t here = at;
+            at += (bytes + 127) / 128 * 128;
+            return here;
+        };
+        const std::size_t frag = sizeof(uint2), b16 = sizeof(__nv_bfloat16);
+        const bool grad = pass == Pass::query_state || pass == Pass::backward;
+        red = take(kWarps * sizeof(double));
+        wpu = take(KSD * 2 * 32 * sizeof(uint4));
+        if (grad) wpd = take(NTD * 32 * frag);
+        if (pass == Pass::forward || pass == Pass::backward) sa = take(4 * NTW * 32 * frag);
+        if (grad) z = take(warp::kM * sizeof(float));
+        if (grad) st = take(KSD * 8 * 32 * frag);
+        if (pass == Pass::key_state || pass == Pass::query_state) {
+            phiT = take(warp::kM * ld * b16);
+            bT = take(NTW * 8 * ld * b16);
+        }
+        total = at;
+    }
+};
+
+namespace noncausal {
+
+using bf16 = __nv_bfloat16;
+
+// Wp^T (planes [kLP][D], float32) as B operand of the projection, in two T parts (the value
+// rounded to T, and the rest): k-step ks (columns warp16::in_col), n-tile nt (planes warp::proj_col).
+template <class T, int D>
+__device__ void arrange_projection(uint4* out, const float* wp) {
+    for (int i = threadIdx.x; i < D / 16 * 2 * 32; i += blockDim.x) {
+        const int ks = i / 64, nt = (i / 32) % 2, g = (i % 32) / 4, t = i % 4;
+        const float* row = wp + warp::proj_col(nt, g) * D;
+        float hi[4], lo[4];
+        for (int e = 0; e < 4; ++e) {
+            const float w = row[warp16::in_col(ks, t, e)];
+            hi[e] = warp16::round_to<T>(w);
+            lo[e] = w - hi[e];
+        }
+        out[i] = make_uint4(warp16::pack<T>(hi[0], hi[1]), warp16::pack<T>(hi[2], hi[3]), warp16::pack<T>(lo[0], lo[1]),
+                            warp16::pack<T>(lo[2], lo[3]));
+    }
+}
+// Wp as B operand of dz Wp: k over table t's planes 0..3, n-tile nt (columns out_col).
+template <int D>
+__device__ void arrange_planes_out(uint2* out, const float* wp) {
+    for (int i = threadIdx.x; i < D / 8 * 32; i += blockDim.x) {
+        const int nt = i / 32, g = (i % 32) / 4, t = i % 4;
+        auto at = [&](int p) { return wp[(4 * t + p) * D + warp::out_col<D>(nt, g)]; };
+        out[i] = make_uint2(warp16::pack(at(0), at(1)), warp16::pack(at(2), at(3)));
+    }
+}
+// A state X (M x (D + 1), float32) as B operand with k over features: phi X (n-tile nt: columns
+// out_col; k-step ks: table t, buckets 4ks .. 4ks + 3).
+template <int D>
+__device__ void arrange_state(uint2* out, const float* x) {
+    constexpr int W = D + 1, NTW = D / 8 + 1;
+    for (int i = threadIdx.x; i < 4 * NTW * 32; i += blockDim.x) {
+        const int ks = i / (NTW * 32), nt = (i / 32) % NTW, g = (i % 32) / 4, t = i % 4;
+        const int col = warp::out_col<D>(nt, g), f = warp::kR * t + 4 * ks;
+        auto at = [&](int e) { return col < W ? __ldg(x + (f + e) * W + col) : 0.0f; };
+        out[i] = make_uint2(warp16::pack(at(0), at(1)), warp16::pack(at(2), at(3)));
+    }
+}
+// The same state's first D columns as B operand with k over them: R X[:, :D]^T for R over D
+// columns (k-step ks: columns warp16::in_col; n-tile nt: features, column n = g is table g / 2,
+// bucket 2nt + g % 2, as stream::dphi_of reads them). Column D, the normaliser's, stays float32
+// (stream::load_key_sums): the gradients take a difference of its products and the others'.
+template <int D>
+__device__ void arrange_state_t(uint2* out, const float* x) {
+    constexpr int W = D + 1;
+    for (int i = threadIdx.x; i < D / 16 * 8 * 32; i += blockDim.x) {
+        const int ks = i / 256, nt = (i / 32) % 8, g = (i % 32) / 4, t = i % 4;
+        const float* row = x + (warp::kR * (g / 2) + 2 * nt + g % 2) * W;
+        auto at = [&](int e) { return __ldg(row + warp16::in_col(ks, t, e)); };
+        out[i] = make_uint2(warp16::pack(at(0), at(1)), warp16::pack(at(2), at(3)));
+    }
+}
+
+// phi . z for the lane's two rows (z in shared memory, one float per feature), summed over the
+// four lanes of the row's tables.
+__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float* z, float (&out)[2]) {
+    const int t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float s = 0.0f;
+#pragma unroll
+        for (int b = 0; b < warp::kR; ++b) s += phi[r][b] * z[warp::kR * t + b];
+        out[r] = warp::sum_over_t(s);
+    }
+}
+
+// acc[nt] += phi X for all n-tiles, X arranged by arrange_state.
+template <int NT, int NTW>
+__device__ __forceinline__ void times_state(const float (&phi)[2][warp::kR], const uint2* sa, float (&acc)[NT][4]) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        std::uint32_t a[4];
+        warp16::feature_frag(phi, ks, a);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) warp16::mma(acc[nt], a, sa[(ks * NTW + nt) * 32 + warp::lane_id()]);
+    }
+}
+
+// dph[r][b] = R X[:, :D]^T, R's A fragments over D columns given per k-step by `frag(ks, a)`,
+// X arranged by arrange_state_t.
+template <int D, class Frag>
+__device__ __forceinline__ void times_state_t(Frag frag, const uint2* st, float (&dph)[2][warp::kR]) {
+    float acc[8][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) warp16::mma(acc[nt], a, st[(ks * 8 + nt) * 32 + warp::lane_id()]);
+    }
+    stream::dphi_of(acc, dph);
+}
+
+// One 16-bit value into a transposed tile ([column][token], ld elements).
+__device__ __forceinline__ void put16(bf16* xT, int at, std::uint32_t bits) {
+    reinterpret_cast<unsigned short*>(xT)[at] = static_cast<unsigned short>(bits);
+}
+
+// The tile's features, each row times scale[r], transposed into phiT ([feature][token]); col0
+// is the tile's first token column.
+template <int ld>
+__device__ __forceinline__ void put_features_t(bf16* phiT, int col0, const float (&phi)[2][warp::kR],
+                                               const float (&scale)[2]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int b = 0; b < warp::kR; b += 2) {
+            const std::uint32_t w = warp16::pack(phi[r][b] * scale[r], phi[r][b + 1] * scale[r]);
+            put16(phiT, (warp::kR * t + b) * ld + col0 + g + 8 * r, w);
+            put16(phiT, (warp::kR * t + b + 1) * ld + col0 + g + 8 * r, w >> 16);
+        }
+}
+
+// The tile's rows, as bf16, transposed into bT's rows 0 .. D - 1 ([column][token]).
+template <class T, int D, int ld>
+__device__ __forceinline__ void put_rows_t(bf16* bT, int col0, const warp::Rows<T, D>& x) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s)
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                const std::uint32_t w = warp16::as_bf16<T>(warp16::word(x.x[r][s], j / 2));
+                put16(bT, (32 * s + 8 * t + j) * ld + col0 + g + 8 * r, w);
+                put16(bT, (32 * s + 8 * t + j + 1) * ld + col0 + g + 8 * r, w >> 16);
+            }
+}
+
+// Column D of the tile's right-hand side (one value per row) into bT's row D, and what bf16
+// leaves of it into row D + 1: StateSlice::store adds the two, so column D of the sum keeps
+// about 16 bits (rows D + 2 .. D + 7 stay zero).
+template <int D, int ld>
+__device__ __forceinline__ void put_column_d(bf16* bT, int col0, const float (&x)[2]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+    if (t != 0) return;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const bf16 hi = __float2bfloat16(x[r]);
+        bT[D * ld + col0 + g + 8 * r] = hi;
+        bT[(D + 1) * ld + col0 + g + 8 * r] = __float2bfloat16(x[r] - __bfloat162float(hi));
+    }
+}
+
+// The warp's slice of a state (M x (D + 1)) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i,
+// and for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T from phiT, B
+// from bT (both [row][token], ld elements, bf16): k-step kk's k e of lane t is token
+// 16 kk + 4 t + e, so each fragment register pair is one 8-byte load.
+template <int D>
+struct StateSlice {
+    static constexpr int NTD = D / 8, FULL = D / 64;
+    float acc[FULL * 4 + 1][4] = {};
+
+    template <int ld, int kChunk>
+    __device__ __forceinline__ void add(const bf16* phiT, const bf16* bT) {
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+        auto a_frag = [&](int mt, int tok, std::uint32_t(&a)[4]) {
+            const uint2 lo = *reinterpret_cast<const uint2*>(phiT + (16 * mt + g) * ld + tok);
+            const uint2 hi = *reinterpret_cast<const uint2*>(phiT + (16 * mt + g + 8) * ld + tok);
+            a[0] = lo.x, a[1] = hi.x, a[2] = lo.y, a[3] = hi.y;
+        };
+#pragma unroll 2
+        for (int kk = 0; kk < kChunk / 16; ++kk) {
+            const int tok = 16 * kk + 4 * t;
+            std::uint32_t a[4][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) a_frag(mt, tok, a[mt]);
+#pragma unroll
+            for (int i = 0; i < FULL; ++i) {
+                const uint2 b = *reinterpret_cast<const uint2*>(bT + (8 * (w + 8 * i) + g) * ld + tok);
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[4 * i + mt], a[mt], b);
+            }
+            if (w < 4) {
+                // m-tile w of the extra column (its own loads: a register array cannot be
+                // indexed by the warp number without going to local memory).
+                std::uint32_t ax[4];
+                a_frag(w, tok, ax);
+                warp16::mma(acc[4 * FULL], ax, *reinterpret_cast<const uint2*>(bT + (8 * NTD + g) * ld + tok));
+            }
+        }
+    }
+    __device__ __forceinline__ void store(float* out) const {
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+        auto tile = [&](const float (&c)[4], int mt, int nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = 16 * mt + g + 8 * (e / 2), col = 8 * nt + 2 * t + e % 2;
+                if (col < D + 1) out[m * (D + 1) + col] = c[e];
+            }
+        };
+#pragma unroll
+        for (int i = 0; i < FULL; ++i)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) tile(acc[4 * i + mt], mt, w + 8 * i);
+        if (w < 4 && t == 0) {
+            // Column D is the sum of the bf16 parts in columns D and D + 1 (put_column_d).
+            const float c[4] = {acc[4 * FULL][0] + acc[4 * FULL][1], 0.0f, acc[4 * FULL][2] + acc[4 * FULL][3], 0.0f};
+            tile(c, w, NTD);
+        }
+    }
+};
+
+}  // namespace noncausal
+
+// Two blocks per multiprocessor (at most 128 registers a thread) but for the query totals,
+// whose per-token work needs more.
+template <Pass pass>
+constexpr int noncausal_min_blocks() { return pass == Pass::query_state ? 1 : 2; }
+
+template <class T, int D, Pass pass>
+__global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min_blocks<pass>())
+    noncausal_kernel(const SegmentArgs<T> a) {
+    using Lay = NoncausalLayout<T, D>;
+    using namespace warp;
+    using noncausal::bf16;
+    constexpr Lay lay(pass);
+    constexpr int NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk, ld = Lay::ld;
+    extern __shared__ __align__(128) unsigned char sm[];
+    double* red = reinterpret_cast<double*>(sm + lay.red);
+    uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
+    uint2* wpd = reinterpret_cast<uint2*>(sm + lay.wpd);
+    uint2* sa = reinterpret_cast<uint2*>(sm + lay.sa);
+    uint2* st = reinterpret_cast<uint2*>(sm + lay.st);
+    bf16* phiT = reinterpret_cast<bf16*>(sm + lay.phiT);
+    bf16* bT = reinterpret_cast<bf16*>(sm + lay.bT);
+    float* col_d = reinterpret_cast<float*>(sm + lay.z);  // column D of the state read (S or U)
+
+    const Dims& d = a.d;
+    const stream::SegmentBlock<D> blk(d);
+    const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
+    const long long row_stride = blk.row_stride, bh = blk.bh;
+    const int warp_id = threadIdx.x / 32;
+    const long long state_size = static_cast<long long>(kM) * (D + 1);
+    const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
+
+    noncausal::arrange_projection<T, D>(wpu, wp);
+    if constexpr (pass == Pass::query_state || pass == Pass::backward) noncausal::arrange_planes_out<D>(wpd, wp);
+    if constexpr (pass == Pass::forward) noncausal::arrange_state<D>(sa, a.s_start + bh * state_size);
+    if constexpr (pass == Pass::query_state) {
+        stream::load_key_sums<D>(col_d, a.s_start + bh * state_size);
+        noncausal::arrange_state_t<D>(st, a.s_start + bh * state_size);
+    }
+    if constexpr (pass == Pass::backward) {
+        noncausal::arrange_state<D>(sa, a.u_start + bh * state_size);
+        stream::load_key_sums<D>(col_d, a.u_start + bh * state_size);
+        noncausal::arrange_state_t<D>(st, a.u_start + bh * state_size);
+    }
+    if constexpr (pass == Pass::key_state || pass == Pass::query_state) {
+        // Rows D + 2 .. D + 7 of bT (the last n-tile's columns past D + 1) are never written: zero once.
+        for (int i = D + 2; i < NTW * 8; ++i)
+            for (int j = threadIdx.x; j < ld; j += blockDim.x) bT[i * ld + j] = __float2bfloat16(0.0f);
+    }
+    __syncthreads();
+    double dbeta = 0.0;
+
+    if constexpr (pass == Pass::forward || pass == Pass::backward) {
+        // One tile per warp at a time, no barrier.
+        for (int t0 = seg_begin + kTile * warp_id; t0 < seg_end; t0 += kTile * Lay::kWarps) {
+            const int n = min(kTile, seg_end - t0);
+            const long long row0 = blk.row_of(t0);
+            float u[2][kP], phi[2][kR];
+            if constexpr (pass == Pass::forward) {
+                Rows<T, D> xq;
+                xq.load(a.q, row0, row_stride, n);
+                warp16::project<T, D>(xq, wpu, u);
+                features(u, d.beta, n, phi);
+                float num[NTW][4] = {};
+                noncausal::times_state<NTW, NTW>(phi, sa, num);
+                // o = num[:, :D] / num[:, D].
+                float inv[2];
+                stream::inverse_normaliser(num, inv);
+                store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+            } else {
+                // Keys' side (v8's split: dq came from the query totals pass).
+                Rows<T, D> xk, xv;
+                xk.load(a.k, row0, row_stride, n);
+                xv.load(a.v, row0, row_stride, n);
+                warp16::project<T, D>(xk, wpu, u);
+                features(u, d.beta, n, phi);
+                // dL/dphi(k) = [v, 1] U^T: U's column D in float32 (it and v U[:, :D]^T nearly cancel).
+                float dph[2][kR];
+                noncausal::times_state_t<D>(
+                    [&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(xv, ks, af); }, st, dph);
+                // (Rows at or beyond n get U[:, D] too; their zero features cancel it.)
+                const int t = lane_id() % 4;
+#pragma unroll
+                for (int b = 0; b < kR; ++b) {
+                    const float ud = col_d[kR * t + b];
+                    dph[0][b] += ud;
+                    dph[1][b] += ud;
+                }
+                // dL/dz first: dL/dphi(k) is then dead while dv's accumulators live.
+                float dz[2][kP];
+                dbeta += features_backward(u, phi, dph, d.beta, dz);
+                const float one[2] = {1.0f, 1.0f};
+                {
+                    // dv = phi(k) U[:, :D].
+                    float dv[NTD][4] = {};
+                    noncausal::times_state<NTD, NTW>(phi, sa, dv);
+                    store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
+                }
+                float dk[NTD][4];
+                warp16::planes_out<D>(dz, wpd, dk);
+                store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
+            }
+        }
+    } else {
+        // The sums over tokens: chunks of kChunk tokens, warp w on tokens 16w .. 16w + 15.
+        noncausal::StateSlice<D> slice;
+        for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
+            const int t0 = c0 + kTile * warp_id;
+            const int n = max(0, min(kTile, seg_end - t0));
+            const long long row0 = blk.row_of(min(t0, seg_end - 1));
+            const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
+            float u[2][kP], phi[2][kR];
+            float scale[2] = {1.0f, 1.0f};  // of the features in phi^T
+            if constexpr (pass == Pass::key_state) {
+                Rows<T, D> xk, xv;
+                xk.load(a.k, row0, row_stride, n);
+                xv.load(a.v, row0, row_stride, n);
+                warp16::project<T, D>(xk, wpu, u);
+                features(u, d.beta, n, phi);
+                noncausal::put_rows_t<T, D, ld>(bT, col0, xv);
+                const int g = lane_id() / 4;
+                const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
+                noncausal::put_column_d<D, ld>(bT, col0, ones);
+            } else {
+                // Query totals with v8's split: also dq and the queries' part of dbeta. v14: from
+                // the forward's o and the normaliser den = phi(q) . z alone, Wm = [dout, -(dout . o)]
+                // / den (FlashAttention's rowsum(dO * O)). v27: dout's rows are exact bf16
+                // operands and 1 / den scales the features instead, so that the two parts of Wm,
+                // which nearly cancel in the products, are rounded alike.
+                Rows<T, D> xq, xg, xo;
+                xq.load(a.q, row0, row_stride, n);
+                xg.load(a.dout, row0, row_stride, n);
+                xo.load(a.o, row0, row_stride, n);
+                warp16::project<T, D>(xq, wpu, u);
+                features(u, d.beta, n, phi);
+                float den[2], go[2];
+                noncausal::feature_dot(phi, col_d, den);
+                stream::row_dots(xg, xo, go);
+                const int g = lane_id() / 4, t = lane_id() % 4;
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    scale[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
+                    go[r] = -go[r];
+                }
+                // dL/dphi(q) = (dout S[:, :D]^T - (dout . o) z^T) / den, z = S[:, D] in float32.
+                float dph[2][kR];
+                noncausal::times_state_t<D>(
+                    [&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(xg, ks, af); }, st, dph);
+#pragma unroll
+                for (int b = 0; b < kR; ++b) {
+                    const float z = col_d[kR * t + b];
+#pragma unroll
+                    for (int r = 0; r < 2; ++r) dph[r][b] = (dph[r][b] + go[r] * z) * scale[r];
+                }
+                // [dout, -(dout . o)]^T into bT for U += (phi(q) / den)^T [dout, -(dout . o)].
+                noncausal::put_rows_t<T, D, ld>(bT, col0, xg);
+                noncausal::put_column_d<D, ld>(bT, col0, go);
+                float dz[2][kP];
+                dbeta += features_backward(u, phi, dph, d.beta, dz);
+                float dq[NTD][4];
+                warp16::planes_out<D>(dz, wpd, dq);
+                const float one[2] = {1.0f, 1.0f};
+                if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
+            }
+            noncausal::put_features_t<ld>(phiT, col0, phi, scale);
+            __syncthreads();  // the chunk's phi^T and right-hand rows
+            slice.template add<ld, kChunk>(phiT, bT);
+            __syncthreads();  // read before the next chunk overwrites them
+        }
+        slice.store(a.seg_out + (bh * d.nseg + seg) * state_size);
+    }
+
+    if constexpr (pass == Pass::query_state || pass == Pass::backward) {
+        const double s = warp::block_sum(dbeta, red, Lay::kWarps);
+        if (threadIdx.x == 0) {
+            double* part = a.dbeta_part + bh * d.nseg + seg;
+            *part = (pass == Pass::backward ? *part : 0.0) + s;
+        }
+    }
+}
+
+}  // namespace racesp::cuda
