@@ -153,6 +153,15 @@ __device__ __forceinline__ void times_state_t(Frag frag, const uint2* st, float 
     stream::dphi_of(acc, dph);
 }
 
+// Where (row, token) of a transposed tile ([row][token], rows of ld elements) lies: the token's
+// 16-token block is XOR-ed with (row / 8 + row / 32) mod 4, so that the lanes t of a 16-bit
+// store, whose rows are 8 or 16 apart, hit different banks (rows of ld / 2 = 8 mod 32 words alone
+// put them in one: 4 ways); the 8-byte loads of 4 tokens read rows of one 8-row group, one block.
+template <int ld>
+__device__ __forceinline__ int tile_at(int row, int tok) {
+    return row * ld + (tok ^ (16 * (((row >> 3) + (row >> 5)) & 3)));
+}
+
 // One 16-bit value into a transposed tile ([column][token], ld elements).
 __device__ __forceinline__ void put16(bf16* xT, int at, std::uint32_t bits) {
     reinterpret_cast<unsigned short*>(xT)[at] = static_cast<unsigned short>(bits);
@@ -169,8 +178,8 @@ __device__ __forceinline__ void put_features_t(bf16* phiT, int col0, const float
 #pragma unroll
         for (int b = 0; b < warp::kR; b += 2) {
             const std::uint32_t w = warp16::pack(phi[r][b] * scale[r], phi[r][b + 1] * scale[r]);
-            put16(phiT, (warp::kR * t + b) * ld + col0 + g + 8 * r, w);
-            put16(phiT, (warp::kR * t + b + 1) * ld + col0 + g + 8 * r, w >> 16);
+            put16(phiT, tile_at<ld>(warp::kR * t + b, col0 + g + 8 * r), w);
+            put16(phiT, tile_at<ld>(warp::kR * t + b + 1, col0 + g + 8 * r), w >> 16);
         }
 }
 
@@ -185,8 +194,8 @@ __device__ __forceinline__ void put_rows_t(bf16* bT, int col0, const warp::Rows<
 #pragma unroll
             for (int j = 0; j < 8; j += 2) {
                 const std::uint32_t w = warp16::as_bf16<T>(warp16::word(x.x[r][s], j / 2));
-                put16(bT, (32 * s + 8 * t + j) * ld + col0 + g + 8 * r, w);
-                put16(bT, (32 * s + 8 * t + j + 1) * ld + col0 + g + 8 * r, w >> 16);
+                put16(bT, tile_at<ld>(32 * s + 8 * t + j, col0 + g + 8 * r), w);
+                put16(bT, tile_at<ld>(32 * s + 8 * t + j + 1, col0 + g + 8 * r), w >> 16);
             }
 }
 
@@ -200,8 +209,8 @@ __device__ __forceinline__ void put_column_d(bf16* bT, int col0, const float (&x
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const bf16 hi = __float2bfloat16(x[r]);
-        bT[D * ld + col0 + g + 8 * r] = hi;
-        bT[(D + 1) * ld + col0 + g + 8 * r] = __float2bfloat16(x[r] - __bfloat162float(hi));
+        bT[tile_at<ld>(D, col0 + g + 8 * r)] = hi;
+        bT[tile_at<ld>(D + 1, col0 + g + 8 * r)] = __float2bfloat16(x[r] - __bfloat162float(hi));
     }
 }
 
@@ -218,8 +227,8 @@ struct StateSlice {
     __device__ __forceinline__ void add(const bf16* phiT, const bf16* bT) {
         const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
         auto a_frag = [&](int mt, int tok, std::uint32_t(&a)[4]) {
-            const uint2 lo = *reinterpret_cast<const uint2*>(phiT + (16 * mt + g) * ld + tok);
-            const uint2 hi = *reinterpret_cast<const uint2*>(phiT + (16 * mt + g + 8) * ld + tok);
+            const uint2 lo = *reinterpret_cast<const uint2*>(phiT + tile_at<ld>(16 * mt + g, tok));
+            const uint2 hi = *reinterpret_cast<const uint2*>(phiT + tile_at<ld>(16 * mt + g + 8, tok));
             a[0] = lo.x, a[1] = hi.x, a[2] = lo.y, a[3] = hi.y;
         };
 #pragma unroll 2
@@ -230,7 +239,7 @@ struct StateSlice {
             for (int mt = 0; mt < 4; ++mt) a_frag(mt, tok, a[mt]);
 #pragma unroll
             for (int i = 0; i < FULL; ++i) {
-                const uint2 b = *reinterpret_cast<const uint2*>(bT + (8 * (w + 8 * i) + g) * ld + tok);
+                const uint2 b = *reinterpret_cast<const uint2*>(bT + tile_at<ld>(8 * (w + 8 * i) + g, tok));
 #pragma unroll
                 for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[4 * i + mt], a[mt], b);
             }
@@ -239,7 +248,7 @@ struct StateSlice {
                 // indexed by the warp number without going to local memory).
                 std::uint32_t ax[4];
                 a_frag(w, tok, ax);
-                warp16::mma(acc[4 * FULL], ax, *reinterpret_cast<const uint2*>(bT + (8 * NTD + g) * ld + tok));
+                warp16::mma(acc[4 * FULL], ax, *reinterpret_cast<const uint2*>(bT + tile_at<ld>(8 * NTD + g, tok)));
             }
         }
     }
