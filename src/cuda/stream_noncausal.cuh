@@ -30,6 +30,11 @@ struct NoncausalLayout {
     // bf16 elements between the rows of the transposed tiles: 72 words, 8 mod 32, so the 8-byte
     // fragment loads of a half warp hit 32 different banks.
     static constexpr int ld = kChunk + 16;
+    // Transposed tiles: two sets in the query totals (v29), so that a chunk's writes need no
+    // barrier after the previous chunk's reads; one in the key totals, whose second block per
+    // multiprocessor (the shared memory of two sets would not leave room for it) covers its barriers.
+    static constexpr int buffers(Pass pass) { return pass == Pass::query_state ? 2 : 1; }
+    static constexpr int kPhiT = warp::kM * ld, kBT = NTW * 8 * ld;  // elements of one set
     std::size_t red, wpu, wpd, sa, z, st, phiT, bT, total;
 
     __host__ __device__ constexpr NoncausalLayout(Pass pass)
@@ -49,8 +54,8 @@ struct NoncausalLayout {
         if (grad) z = take(warp::kM * sizeof(float));
         if (grad) st = take(KSD * 8 * 32 * frag);
         if (pass == Pass::key_state || pass == Pass::query_state) {
-            phiT = take(warp::kM * ld * b16);
-            bT = take(NTW * 8 * ld * b16);
+            phiT = take(buffers(pass) * kPhiT * b16);
+            bT = take(buffers(pass) * kBT * b16);
         }
         total = at;
     }
@@ -320,8 +325,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     }
     if constexpr (pass == Pass::key_state || pass == Pass::query_state) {
         // Rows D + 2 .. D + 7 of bT (the last n-tile's columns past D + 1) are never written: zero once.
-        for (int i = D + 2; i < NTW * 8; ++i)
-            for (int j = threadIdx.x; j < ld; j += blockDim.x) bT[i * ld + j] = __float2bfloat16(0.0f);
+        for (int set = 0; set < Lay::buffers(pass); ++set)
+            for (int i = D + 2; i < NTW * 8; ++i)
+                for (int j = threadIdx.x; j < ld; j += blockDim.x) bT[set * Lay::kBT + i * ld + j] = __float2bfloat16(0.0f);
     }
     __syncthreads();
     double dbeta = 0.0;
@@ -385,6 +391,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
             const int n = max(0, min(kTile, seg_end - t0));
             const long long row0 = blk.row_of(min(t0, seg_end - 1));
             const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
+            const int set = ((c0 - seg_begin) / kChunk) % Lay::buffers(pass);
+            bf16* phiT_c = phiT + set * Lay::kPhiT;
+            bf16* bT_c = bT + set * Lay::kBT;
             float u[2][kP], phi[2][kR];
             float scale[2] = {1.0f, 1.0f};  // of the features in phi^T
             if constexpr (pass == Pass::key_state) {
@@ -393,10 +402,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 xv.load(a.v, row0, row_stride, n);
                 warp16::project<T, D>(xk, wpu, u);
                 features(u, d.beta, n, phi);
-                noncausal::put_rows_t<T, D, ld>(bT, col0, xv);
+                noncausal::put_rows_t<T, D, ld>(bT_c, col0, xv);
                 const int g = lane_id() / 4;
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-                noncausal::put_column_d<D, ld>(bT, col0, ones);
+                noncausal::put_column_d<D, ld>(bT_c, col0, ones);
             } else {
                 // Query totals with v8's split: also dq and the queries' part of dbeta. v14: from
                 // the forward's o and the normaliser den = phi(q) . z alone, Wm = [dout, -(dout . o)]
@@ -429,8 +438,8 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                     for (int r = 0; r < 2; ++r) dph[r][b] = (dph[r][b] + go[r] * z) * scale[r];
                 }
                 // [dout, -(dout . o)]^T into bT for U += (phi(q) / den)^T [dout, -(dout . o)].
-                noncausal::put_rows_t<T, D, ld>(bT, col0, xg);
-                noncausal::put_column_d<D, ld>(bT, col0, go);
+                noncausal::put_rows_t<T, D, ld>(bT_c, col0, xg);
+                noncausal::put_column_d<D, ld>(bT_c, col0, go);
                 float dz[2][kP];
                 dbeta += features_backward(u, phi, dph, d.beta, dz);
                 float dq[NTD][4];
@@ -438,10 +447,12 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 const float one[2] = {1.0f, 1.0f};
                 if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
             }
-            noncausal::put_features_t<ld>(phiT, col0, phi, scale);
+            noncausal::put_features_t<ld>(phiT_c, col0, phi, scale);
             __syncthreads();  // the chunk's phi^T and right-hand rows
-            slice.template add<ld, kChunk>(phiT, bT);
-            __syncthreads();  // read before the next chunk overwrites them
+            slice.template add<ld, kChunk>(phiT_c, bT_c);
+            // With one set, read before the next chunk overwrites it. With two, the chunk after
+            // next writes this set only once every warp has passed the next chunk's barrier.
+            if constexpr (Lay::buffers(pass) == 1) __syncthreads();
         }
         slice.store(a.seg_out + (bh * d.nseg + seg) * state_size);
     }
