@@ -4,9 +4,9 @@
 // quantity in registers. Non-causal, every token's work depends only on the states S and U, so
 // the forward and the backward's keys' side have no barrier at all; the two sums over tokens (key
 // totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory once
-// per 128-token chunk: each warp writes its tile's features and right-hand rows transposed, then
-// each warp adds the chunk to its own slice of the state, held in registers (float32) for the
-// whole segment. The key totals are the same sums in every mode, so that pass serves causal and
+// per 128-token chunk: each warp writes its tile's features and right-hand rows (16-byte pieces,
+// as its registers hold them), then each warp adds the chunk to its own slice of the state, held
+// in registers (float32) for the whole segment, reading the tiles transposed (ldmatrix.trans). The key totals are the same sums in every mode, so that pass serves causal and
 // bucket runs too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes; the causal
 // warp-tile kernels (stream_causal*.cuh) keep TF32 operands.
 //
@@ -27,18 +27,19 @@ struct NoncausalLayout {
     static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
     static constexpr int NTD = D / 8, NTW = NTD + 1;      // n-tiles over D, D + 1 columns
     static constexpr int KSD = D / 16;                    // k-steps over D columns
-    // bf16 elements between the rows of the transposed tiles: 72 words, 8 mod 32, so the 8-byte
-    // fragment loads of a half warp hit 32 different banks.
-    static constexpr int ld = kChunk + 16;
-    // Transposed tiles: two sets in the query totals (v29), so that a chunk's writes need no
-    // barrier after the previous chunk's reads; one in the key totals, whose second block per
-    // multiprocessor (the shared memory of two sets would not leave room for it) covers its barriers.
+    // The chunk's tiles (v30): features and right-hand rows [token][column], bf16, rows of an odd
+    // number of 16-byte pieces so that ldmatrix's 8 rows hit different banks: 72 features (64
+    // used), D + 8 columns (D + 2 used: the rows, and column D in two parts).
+    static constexpr int ldp = warp::kM + 8, ldv = D + 8;
+    // Two sets in the query totals (v29), so that a chunk's writes need no barrier after the
+    // previous chunk's reads; one in the key totals, whose second block per multiprocessor (the
+    // shared memory of two sets would not leave room for it) covers its barriers.
     static constexpr int buffers(Pass pass) { return pass == Pass::query_state ? 2 : 1; }
-    static constexpr int kPhiT = warp::kM * ld, kBT = NTW * 8 * ld;  // elements of one set
-    std::size_t red, wpu, wpd, sa, z, st, phiT, bT, total;
+    static constexpr int kPhi = kChunk * ldp, kRows = kChunk * ldv;  // elements of one set
+    std::size_t red, wpu, wpd, sa, z, st, phi, rows, total;
 
     __host__ __device__ constexpr NoncausalLayout(Pass pass)
-        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phiT(0), bT(0), total(0) {
+        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phi(0), rows(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -54,8 +55,8 @@ struct NoncausalLayout {
         if (grad) z = take(warp::kM * sizeof(float));
         if (grad) st = take(KSD * 8 * 32 * frag);
         if (pass == Pass::key_state || pass == Pass::query_state) {
-            phiT = take(buffers(pass) * kPhiT * b16);
-            bT = take(buffers(pass) * kBT * b16);
+            phi = take(buffers(pass) * kPhi * b16);
+            rows = take(buffers(pass) * kRows * b16);
         }
         total = at;
     }
@@ -158,102 +159,116 @@ __device__ __forceinline__ void times_state_t(Frag frag, const uint2* st, float 
     stream::dphi_of(acc, dph);
 }
 
-// Where (row, token) of a transposed tile ([row][token], rows of ld elements) lies: the token's
-// 16-token block is XOR-ed with (row / 8 + row / 32) mod 4, so that the lanes t of a 16-bit
-// store, whose rows are 8 or 16 apart, hit different banks (rows of ld / 2 = 8 mod 32 words alone
-// put them in one: 4 ways); the 8-byte loads of 4 tokens read rows of one 8-row group, one block.
-template <int ld>
-__device__ __forceinline__ int tile_at(int row, int tok) {
-    return row * ld + (tok ^ (16 * (((row >> 3) + (row >> 5)) & 3)));
-}
-
-// One 16-bit value into a transposed tile ([column][token], ld elements).
-__device__ __forceinline__ void put16(bf16* xT, int at, std::uint32_t bits) {
-    reinterpret_cast<unsigned short*>(xT)[at] = static_cast<unsigned short>(bits);
-}
-
-// The tile's features, each row times scale[r], transposed into phiT ([feature][token]); col0
-// is the tile's first token column.
-template <int ld>
-__device__ __forceinline__ void put_features_t(bf16* phiT, int col0, const float (&phi)[2][warp::kR],
-                                               const float (&scale)[2]) {
+// The tile's features, each row times scale[r], into phi ([token][feature], ldp elements); col0
+// is the tile's first token in the chunk. Lane t's 16 features (table t) are two 16-byte pieces.
+template <int ldp>
+__device__ __forceinline__ void put_features(bf16* phi_s, int col0, const float (&phi)[2][warp::kR],
+                                             const float (&scale)[2]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int b = 0; b < warp::kR; b += 2) {
-            const std::uint32_t w = warp16::pack(phi[r][b] * scale[r], phi[r][b + 1] * scale[r]);
-            put16(phiT, tile_at<ld>(warp::kR * t + b, col0 + g + 8 * r), w);
-            put16(phiT, tile_at<ld>(warp::kR * t + b + 1, col0 + g + 8 * r), w >> 16);
+        for (int h = 0; h < 2; ++h) {
+            std::uint32_t w[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                w[i] = warp16::pack(phi[r][8 * h + 2 * i] * scale[r], phi[r][8 * h + 2 * i + 1] * scale[r]);
+            *reinterpret_cast<uint4*>(phi_s + (col0 + g + 8 * r) * ldp + warp::kR * t + 8 * h) =
+                make_uint4(w[0], w[1], w[2], w[3]);
         }
 }
 
-// The tile's rows, as bf16, transposed into bT's rows 0 .. D - 1 ([column][token]).
-template <class T, int D, int ld>
-__device__ __forceinline__ void put_rows_t(bf16* bT, int col0, const warp::Rows<T, D>& x) {
+// The tile's rows, as bf16, into columns 0 .. D - 1 of rows ([token][column], ldv elements):
+// each lane's row-layout vectors as they are.
+template <class T, int D, int ldv>
+__device__ __forceinline__ void put_rows(bf16* rows, int col0, const warp::Rows<T, D>& x) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int s = 0; s < D / 32; ++s)
-#pragma unroll
-            for (int j = 0; j < 8; j += 2) {
-                const std::uint32_t w = warp16::as_bf16<T>(warp16::word(x.x[r][s], j / 2));
-                put16(bT, tile_at<ld>(32 * s + 8 * t + j, col0 + g + 8 * r), w);
-                put16(bT, tile_at<ld>(32 * s + 8 * t + j + 1, col0 + g + 8 * r), w >> 16);
-            }
+        for (int s = 0; s < D / 32; ++s) {
+            const uint4 v = x.x[r][s];
+            *reinterpret_cast<uint4*>(rows + (col0 + g + 8 * r) * ldv + 32 * s + 8 * t) =
+                make_uint4(warp16::as_bf16<T>(v.x), warp16::as_bf16<T>(v.y), warp16::as_bf16<T>(v.z),
+                           warp16::as_bf16<T>(v.w));
+        }
 }
 
-// Column D of the tile's right-hand side (one value per row) into bT's row D, and what bf16
-// leaves of it into row D + 1: StateSlice::store adds the two, so column D of the sum keeps
-// about 16 bits (rows D + 2 .. D + 7 stay zero).
-template <int D, int ld>
-__device__ __forceinline__ void put_column_d(bf16* bT, int col0, const float (&x)[2]) {
+// Column D of the tile's right-hand side (one value per row) into column D, and what bf16
+// leaves of it into column D + 1: StateSlice::store adds the two, so column D of the sum keeps
+// about 16 bits (columns D + 2 .. D + 7 stay zero).
+template <int D, int ldv>
+__device__ __forceinline__ void put_column_d(bf16* rows, int col0, const float (&x)[2]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
     if (t != 0) return;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const bf16 hi = __float2bfloat16(x[r]);
-        bT[tile_at<ld>(D, col0 + g + 8 * r)] = hi;
-        bT[tile_at<ld>(D + 1, col0 + g + 8 * r)] = __float2bfloat16(x[r] - __bfloat162float(hi));
+        const float hi = __bfloat162float(__float2bfloat16(x[r]));
+        *reinterpret_cast<std::uint32_t*>(rows + (col0 + g + 8 * r) * ldv + D) = warp16::pack(hi, x[r] - hi);
     }
 }
 
+// ldmatrix with .trans: the 8 x 8 16-bit blocks whose rows (16 bytes each) lanes 8j .. 8j + 7
+// address, transposed into register j: lane (g, t) gets rows 2t, 2t + 1 of column g, i.e. the
+// fragment of an operand whose k runs along the rows (PTX ISA, "ldmatrix").
+__device__ __forceinline__ void ldmatrix_t(std::uint32_t (&r)[4], const bf16* p) {
+    const auto at = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at)
+                 : "memory");
+}
+__device__ __forceinline__ void ldmatrix_t(std::uint32_t (&r)[2], const bf16* p) {
+    const auto at = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(at)
+                 : "memory");
+}
+
 // The warp's slice of a state (M x (D + 1)) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i,
-// and for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T from phiT, B
-// from bT (both [row][token], ld elements, bf16): k-step kk's k e of lane t is token
-// 16 kk + 4 t + e, so each fragment register pair is one 8-byte load.
+// and for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T and B = the
+// rows, both read [token][column] with ldmatrix.trans (v30): k is the token.
 template <int D>
 struct StateSlice {
     static constexpr int NTD = D / 8, FULL = D / 64;
     float acc[FULL * 4 + 1][4] = {};
 
-    template <int ld, int kChunk>
-    __device__ __forceinline__ void add(const bf16* phiT, const bf16* bT) {
-        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-        auto a_frag = [&](int mt, int tok, std::uint32_t(&a)[4]) {
-            const uint2 lo = *reinterpret_cast<const uint2*>(phiT + tile_at<ld>(16 * mt + g, tok));
-            const uint2 hi = *reinterpret_cast<const uint2*>(phiT + tile_at<ld>(16 * mt + g + 8, tok));
-            a[0] = lo.x, a[1] = hi.x, a[2] = lo.y, a[3] = hi.y;
-        };
+    template <int ldp, int ldv, int kChunk>
+    __device__ __forceinline__ void add(const bf16* phi, const bf16* rows) {
+        const int w = threadIdx.x / 32, i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+        // Lane 8j + i addresses row i of block j: A's blocks (a0 .. a3) are tokens + 8 (j / 2),
+        // features + 8 (j % 2); B's (b0, b1 of n-tile w, then of w + 8) tokens + 8 (j % 2),
+        // columns + 64 (j / 2).
+        const bf16* a_at = phi + (i + 8 * (j / 2)) * ldp + 8 * (j % 2);
+        const bf16* b_at = rows + (i + 8 * (j % 2)) * ldv + 8 * w + 64 * (j / 2);
+        const bf16* x_at = rows + (i + 8 * (j % 2)) * ldv + D;
 #pragma unroll 2
         for (int kk = 0; kk < kChunk / 16; ++kk) {
-            const int tok = 16 * kk + 4 * t;
             std::uint32_t a[4][4];
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) a_frag(mt, tok, a[mt]);
+            for (int mt = 0; mt < 4; ++mt) ldmatrix_t(a[mt], a_at + 16 * kk * ldp + 16 * mt);
+            if constexpr (FULL == 2) {
+                std::uint32_t b[4];
+                ldmatrix_t(b, b_at + 16 * kk * ldv);
 #pragma unroll
-            for (int i = 0; i < FULL; ++i) {
-                const uint2 b = *reinterpret_cast<const uint2*>(bT + tile_at<ld>(8 * (w + 8 * i) + g, tok));
+                for (int mt = 0; mt < 4; ++mt) {
+                    warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
+                    warp16::mma(acc[4 + mt], a[mt], make_uint2(b[2], b[3]));
+                }
+            } else {
+                std::uint32_t b[2];
+                ldmatrix_t(b, b_at + 16 * kk * ldv);
 #pragma unroll
-                for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[4 * i + mt], a[mt], b);
+                for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
             }
             if (w < 4) {
                 // m-tile w of the extra column (its own loads: a register array cannot be
                 // indexed by the warp number without going to local memory).
-                std::uint32_t ax[4];
-                a_frag(w, tok, ax);
-                warp16::mma(acc[4 * FULL], ax, *reinterpret_cast<const uint2*>(bT + tile_at<ld>(8 * NTD + g, tok)));
+                std::uint32_t ax[4], bx[2];
+                ldmatrix_t(ax, a_at + 16 * kk * ldp + 16 * w);
+                ldmatrix_t(bx, x_at + 16 * kk * ldv);
+                warp16::mma(acc[4 * FULL], ax, make_uint2(bx[0], bx[1]));
             }
         }
     }
@@ -292,15 +307,15 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     using namespace warp;
     using noncausal::bf16;
     constexpr Lay lay(pass);
-    constexpr int NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk, ld = Lay::ld;
+    constexpr int NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv;
     extern __shared__ __align__(128) unsigned char sm[];
     double* red = reinterpret_cast<double*>(sm + lay.red);
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
     uint2* wpd = reinterpret_cast<uint2*>(sm + lay.wpd);
     uint2* sa = reinterpret_cast<uint2*>(sm + lay.sa);
     uint2* st = reinterpret_cast<uint2*>(sm + lay.st);
-    bf16* phiT = reinterpret_cast<bf16*>(sm + lay.phiT);
-    bf16* bT = reinterpret_cast<bf16*>(sm + lay.bT);
+    bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
+    bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
     float* col_d = reinterpret_cast<float*>(sm + lay.z);  // column D of the state read (S or U)
 
     const Dims& d = a.d;
@@ -324,10 +339,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
         noncausal::arrange_state_t<D>(st, a.u_start + bh * state_size);
     }
     if constexpr (pass == Pass::key_state || pass == Pass::query_state) {
-        // Rows D + 2 .. D + 7 of bT (the last n-tile's columns past D + 1) are never written: zero once.
-        for (int set = 0; set < Lay::buffers(pass); ++set)
-            for (int i = D + 2; i < NTW * 8; ++i)
-                for (int j = threadIdx.x; j < ld; j += blockDim.x) bT[set * Lay::kBT + i * ld + j] = __float2bfloat16(0.0f);
+        // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
+        for (int i = threadIdx.x; i < Lay::buffers(pass) * kChunk * 6; i += blockDim.x)
+            rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
     }
     __syncthreads();
     double dbeta = 0.0;
@@ -390,10 +404,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
             const int t0 = c0 + kTile * warp_id;
             const int n = max(0, min(kTile, seg_end - t0));
             const long long row0 = blk.row_of(min(t0, seg_end - 1));
-            const int col0 = kTile * warp_id;  // the warp's first token column in phiT, bT
+            const int col0 = kTile * warp_id;  // the warp's first token in the chunk
             const int set = ((c0 - seg_begin) / kChunk) % Lay::buffers(pass);
-            bf16* phiT_c = phiT + set * Lay::kPhiT;
-            bf16* bT_c = bT + set * Lay::kBT;
+            bf16* phi_c = phi_s + set * Lay::kPhi;
+            bf16* rows_c = rows_s + set * Lay::kRows;
             float u[2][kP], phi[2][kR];
             float scale[2] = {1.0f, 1.0f};  // of the features in phi^T
             if constexpr (pass == Pass::key_state) {
@@ -402,10 +416,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 xv.load(a.v, row0, row_stride, n);
                 warp16::project<T, D>(xk, wpu, u);
                 features(u, d.beta, n, phi);
-                noncausal::put_rows_t<T, D, ld>(bT_c, col0, xv);
+                noncausal::put_rows<T, D, ldv>(rows_c, col0, xv);
                 const int g = lane_id() / 4;
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-                noncausal::put_column_d<D, ld>(bT_c, col0, ones);
+                noncausal::put_column_d<D, ldv>(rows_c, col0, ones);
             } else {
                 // Query totals with v8's split: also dq and the queries' part of dbeta. v14: from
                 // the forward's o and the normaliser den = phi(q) . z alone, Wm = [dout, -(dout . o)]
@@ -437,9 +451,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
 #pragma unroll
                     for (int r = 0; r < 2; ++r) dph[r][b] = (dph[r][b] + go[r] * z) * scale[r];
                 }
-                // [dout, -(dout . o)]^T into bT for U += (phi(q) / den)^T [dout, -(dout . o)].
-                noncausal::put_rows_t<T, D, ld>(bT_c, col0, xg);
-                noncausal::put_column_d<D, ld>(bT_c, col0, go);
+                // [dout, -(dout . o)] into the chunk's rows for U += (phi(q) / den)^T [dout, -(dout . o)].
+                noncausal::put_rows<T, D, ldv>(rows_c, col0, xg);
+                noncausal::put_column_d<D, ldv>(rows_c, col0, go);
                 float dz[2][kP];
                 dbeta += features_backward(u, phi, dph, d.beta, dz);
                 float dq[NTD][4];
@@ -447,9 +461,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 const float one[2] = {1.0f, 1.0f};
                 if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
             }
-            noncausal::put_features_t<ld>(phiT_c, col0, phi, scale);
-            __syncthreads();  // the chunk's phi^T and right-hand rows
-            slice.template add<ld, kChunk>(phiT_c, bT_c);
+            noncausal::put_features<ldp>(phi_c, col0, phi, scale);
+            __syncthreads();  // the chunk's features and right-hand rows
+            slice.template add<ldp, ldv, kChunk>(phi_c, rows_c);
             // With one set, read before the next chunk overwrites it. With two, the chunk after
             // next writes this set only once every warp has passed the next chunk's barrier.
             if constexpr (Lay::buffers(pass) == 1) __syncthreads();
