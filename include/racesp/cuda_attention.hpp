@@ -73,7 +73,10 @@ private:
 
 struct EngineOptions {
     int chunk = 0;            // tokens per chunk (tile); 0 picks the largest of 32, 16, 8 that fits
-    int segment_chunks = 32;  // chunks per segment (float32 accumulation span, one thread block)
+    // Chunks per segment (float32 accumulation span, one thread block). v31: 128, i.e. 4096
+    // tokens at the chunk of 32: a block's setup (arranged states, planes) and its segment
+    // totals' writes and sums count a quarter as often as at 32 (experiments/gpu-notes.md).
+    int segment_chunks = 128;
     int device = -1;          // CUDA device; -1 keeps the current one
 };
 

@@ -206,7 +206,8 @@ int main(int argc, char** argv) {
             ("runs", po::value(&b.runs)->default_value(5), "timed runs (median)")
             ("warmup", po::value(&b.warmup)->default_value(1), "untimed runs first")
             ("chunk", po::value(&b.engine.chunk)->default_value(0), "tokens per chunk (0: auto)")
-            ("segment-chunks", po::value(&b.engine.segment_chunks)->default_value(32), "chunks per segment")
+            ("segment-chunks", po::value(&b.engine.segment_chunks)->default_value(EngineOptions{}.segment_chunks),
+             "chunks per segment")
             ("collectives", po::value(&b.collectives)->default_value("nccl"), "nccl|mpi (MPI through pinned host memory)")
             ("recompute-key-totals", po::bool_switch(&b.recompute_key_totals),
              "the backward recomputes the key totals instead of reusing the forward's")

@@ -85,11 +85,15 @@ struct GpuOut {
     double dbeta = 0;
 };
 
-GpuOut run_gpu(const Case& c, const AttentionConfig& cfg, const Planes& planes, const Inputs& in) {
+cuda::EngineOptions options_of(const Case& c) {
     cuda::EngineOptions opt;
     opt.chunk = c.chunk;
     opt.segment_chunks = c.segment_chunks;
-    cuda::Engine engine(cfg, planes, opt);
+    return opt;
+}
+
+GpuOut run_gpu(const Case& c, const AttentionConfig& cfg, const Planes& planes, const Inputs& in) {
+    cuda::Engine engine(cfg, planes, options_of(c));
     GpuTensor q(in.shape, c.dtype), k(in.shape, c.dtype), v(in.shape, c.dtype), g(in.shape, c.dtype);
     GpuTensor o(in.shape, c.dtype), dq(in.shape, c.dtype), dk(in.shape, c.dtype), dv(in.shape, c.dtype);
     q.upload(in.q);
@@ -389,7 +393,7 @@ TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
                 const Inputs in = make_inputs(c, 77), other = make_inputs(c, 78);
                 const GpuOut fresh = run_gpu(c, cfg, planes, in), fresh_other = run_gpu(c, cfg, planes, other);
 
-                cuda::Engine engine(cfg, planes);
+                cuda::Engine engine(cfg, planes, options_of(c));  // run_gpu's segments: the same sums
                 const Shape s = in.shape;
                 GpuTensor q(s, dt), k(s, dt), v(s, dt), g(s, dt), k2(s, dt), v2(s, dt), q2(s, dt), g2(s, dt);
                 GpuTensor o(s, dt), o2(s, dt), dq(s, dt), dk(s, dt), dv(s, dt);
