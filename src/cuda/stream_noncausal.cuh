@@ -23,9 +23,9 @@ namespace racesp::cuda {
 // Shared memory of a non-causal kernel, in bytes from the start of the dynamic area; 0 = unused.
 template <class T, int D>
 struct NoncausalLayout {
-    static constexpr int kWarps = 8, kThreads = 32 * kWarps;
-    static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
-    static constexpr int NTD = D / 8, NTW = NTD + 1;      // n-tiles over D, D + 1 columns
+    using Base = StreamLayout<T, D>;  // 8 warps, chunks of 128 tokens, n-tiles over D and D + 1
+    static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
+    static constexpr int NTD = Base::NTD, NTW = Base::NTW;
     static constexpr int KSD = D / 16;                    // k-steps over D columns
     // The chunk's tiles (v30): features and right-hand rows [token][column], bf16, rows of an odd
     // number of 16-byte pieces so that ldmatrix's 8 rows hit different banks: 72 features (64
