@@ -13,8 +13,9 @@
 //   and 2 (ks % 2) + 1 of the lane's row-layout vector, and columns 2t, 2t + 1 of the C tiles
 //   2 ks and 2 ks + 1 (out_col): a row or a C tile over D is an A operand with no shuffle;
 // - over the 64 features, k-step ks: table t, bucket 4 ks + e;
-// - over the 16 planes: table t, plane e;
-// - over a chunk's tokens (the sums over tokens), k-step kk: token 16 kk + 4 t + e.
+// - over the 16 planes: table t, plane e.
+// (The sums over a chunk's tokens read both operands with ldmatrix.trans, k the token in its
+// order: stream_noncausal.cuh, StateSlice.)
 // States are bf16 operands for fp16 inputs too: their sums over millions of tokens overflow fp16.
 // bf16 keeps 8 bits of mantissa (TF32: 11), the bf16 outputs' own rounding.
 #pragma once
