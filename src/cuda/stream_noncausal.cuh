@@ -132,6 +132,17 @@ __device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], con
         out[r] = warp::sum_over_t(s);
     }
 }
+// The same with a per-row vector x (x[r][b]: row r, table t's bucket b, as phi).
+__device__ __forceinline__ void feature_dot(const float (&phi)[2][warp::kR], const float (&x)[2][warp::kR],
+                                            float (&out)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float s = 0.0f;
+#pragma unroll
+        for (int b = 0; b < warp::kR; ++b) s += phi[r][b] * x[r][b];
+        out[r] = warp::sum_over_t(s);
+    }
+}
 
 // acc[nt] += phi X for all n-tiles, X arranged by arrange_state.
 template <int NT, int NTW>
@@ -422,30 +433,30 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
                 noncausal::put_column_d<D, ldv>(rows_c, col0, ones);
             } else {
-                // Query totals with v8's split: also dq and the queries' part of dbeta. v14: from
-                // the forward's o and the normaliser den = phi(q) . z alone, Wm = [dout, -(dout . o)]
-                // / den (FlashAttention's rowsum(dO * O)). v27: dout's rows are exact bf16
-                // operands and 1 / den scales the features instead, so that the two parts of Wm,
-                // which nearly cancel in the products, are rounded alike.
-                Rows<T, D> xq, xg, xo;
+                // Query totals with v8's split: also dq and the queries' part of dbeta, from the
+                // normaliser den = phi(q) . z and Wm = [dout, -(dout . o)] / den. v27: dout's rows
+                // are exact bf16 operands and 1 / den scales the features instead, so that the two
+                // parts of Wm, which nearly cancel in the products, are rounded alike.
+                Rows<T, D> xq, xg;
                 xq.load(a.q, row0, row_stride, n);
                 xg.load(a.dout, row0, row_stride, n);
-                xo.load(a.o, row0, row_stride, n);
                 warp16::project<T, D>(xq, wpu, u);
                 features(u, d.beta, n, phi);
-                float den[2], go[2];
+                float den[2];
                 noncausal::feature_dot(phi, col_d, den);
-                stream::row_dots(xg, xo, go);
                 const int g = lane_id() / 4, t = lane_id() % 4;
 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    scale[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
-                    go[r] = -go[r];
-                }
+                for (int r = 0; r < 2; ++r) scale[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
                 // dL/dphi(q) = (dout S[:, :D]^T - (dout . o) z^T) / den, z = S[:, D] in float32.
                 float dph[2][kR];
                 noncausal::times_state_t<D>(
                     [&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(xg, ks, af); }, st, dph);
+                // v32: dout . o = (phi . dout S[:, :D]^T) / den, not read from o: the forward's o
+                // before its output rounding, and phi . dL/dphi(q) is then 0 as the exact one is.
+                float go[2];
+                noncausal::feature_dot(phi, dph, go);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) go[r] = -go[r] * scale[r];
 #pragma unroll
                 for (int b = 0; b < kR; ++b) {
                     const float z = col_d[kR * t + b];
