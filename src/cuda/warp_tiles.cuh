@@ -192,9 +192,13 @@ __device__ __forceinline__ void project(const Rows<T, D>& x, const float2* wpu, 
 }
 
 // phi[r][b]: the 16 features of table t for the lane's row r (bucket b: plane p's bit is
-// (b >> (P-1-p)) & 1), as block_ops' feature_map computes them (same floor, same product order).
+// (b >> (P-1-p)) & 1), the same floored bit probabilities as block_ops' feature_map. v33: one
+// exponential and one reciprocal per plane (with e = exp(-|y|), sigma(|y|) = 1 / (1 + e) and
+// sigma(-|y|) = e sigma(|y|), so the small probability keeps its digits as when computed on its
+// own), and the products as a tree (planes 0, 1 times planes 2, 3: 24 products, not 48).
 // Rows at or beyond n get zeros.
 __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, int n, float (&phi)[2][kR]) {
+    static_assert(kP == 4, "the product tree pairs planes 0, 1 and 2, 3");
     const float floor = static_cast<float>(exp(-87.0 / kP));
     const unsigned g = lane_id() / 4;
 #pragma unroll
@@ -203,17 +207,21 @@ __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, in
 #pragma unroll
         for (int p = 0; p < kP; ++p) {
             const float y = 2.0f * beta * u[r][p];
-            s1[p] = fmaxf(1.0f / (1.0f + expf(-y)), floor);
-            s0[p] = fmaxf(1.0f / (1.0f + expf(y)), floor);
+            const float e = expf(-fabsf(y));
+            const float big = 1.0f / (1.0f + e), small = e * big;
+            s1[p] = fmaxf(y >= 0.0f ? big : small, floor);  // bit set
+            s0[p] = fmaxf(y >= 0.0f ? small : big, floor);  // bit clear
+        }
+        // front[i]: planes 0, 1 with bits i (bucket bits 3, 2); back[i]: planes 2, 3 (bits 1, 0).
+        float front[4], back[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            front[i] = ((i & 2) ? s1[0] : s0[0]) * ((i & 1) ? s1[1] : s0[1]);
+            back[i] = ((i & 2) ? s1[2] : s0[2]) * ((i & 1) ? s1[3] : s0[3]);
         }
         const bool valid = static_cast<int>(g) + 8 * r < n;
 #pragma unroll
-        for (int b = 0; b < kR; ++b) {
-            float v = 1.0f;
-#pragma unroll
-            for (int p = 0; p < kP; ++p) v *= ((b >> (kP - 1 - p)) & 1) ? s1[p] : s0[p];
-            phi[r][b] = valid ? v : 0.0f;
-        }
+        for (int b = 0; b < kR; ++b) phi[r][b] = valid ? front[b >> 2] * back[b & 3] : 0.0f;
     }
 }
 
@@ -250,23 +258,37 @@ __device__ __forceinline__ void c_as_a(const float (&c)[4], std::uint32_t (&a)[4
     a[0] = tf32(c[0]), a[1] = tf32(c[2]), a[2] = tf32(c[1]), a[3] = tf32(c[3]);
 }
 
-// Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward,
-// same arithmetic): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to TF32: read only as
+// Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward's
+// formulas, its sums in another order): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to TF32: read only as
 // the operand of dz Wp); returns the lane's part of dL/dbeta.
 __device__ __forceinline__ double features_backward(const float (&u)[2][kP], const float (&phi)[2][kR],
                                                     const float (&dph)[2][kR], float beta, float (&dz)[2][kP]) {
+    static_assert(kP == 4, "the sums halve the buckets plane by plane");
     double dbeta = 0.0;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float mp[kP] = {};
-        float m0 = 0.0f;
+        // m0 = sum_b gf[b], mp[p] = sum_b (+-) gf[b] (+ where plane p's bit is set). v33: by
+        // halving (pairs, quads, halves), 41 additions instead of 80.
+        float gf[kR], pairs[8], quads[4];
 #pragma unroll
-        for (int b = 0; b < kR; ++b) {
-            const float gf = dph[r][b] * phi[r][b];
-            m0 += gf;
+        for (int b = 0; b < kR; ++b) gf[b] = dph[r][b] * phi[r][b];
 #pragma unroll
-            for (int p = 0; p < kP; ++p) mp[p] += ((b >> (kP - 1 - p)) & 1) ? gf : -gf;
+        for (int j = 0; j < 8; ++j) pairs[j] = gf[2 * j] + gf[2 * j + 1];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) quads[j] = pairs[2 * j] + pairs[2 * j + 1];
+        const float half0 = quads[0] + quads[1], half1 = quads[2] + quads[3];
+        const float m0 = half0 + half1;
+        float mp[kP];
+        mp[0] = half1 - half0;
+        mp[1] = (quads[1] + quads[3]) - (quads[0] + quads[2]);
+        mp[2] = ((pairs[1] + pairs[3]) + (pairs[5] + pairs[7])) - ((pairs[0] + pairs[2]) + (pairs[4] + pairs[6]));
+        float odd = gf[1], even = gf[0];
+#pragma unroll
+        for (int j = 1; j < 8; ++j) {
+            odd += gf[2 * j + 1];
+            even += gf[2 * j];
         }
+        mp[3] = odd - even;
 #pragma unroll
         for (int p = 0; p < kP; ++p) {
             const float th = tanhf(beta * u[r][p]);
