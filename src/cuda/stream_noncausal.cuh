@@ -284,13 +284,16 @@ struct StateSlice {
             }
         }
     }
-    __device__ __forceinline__ void store(float* out) const {
+    // f(value, m, col) for each element of the slice in the state (M x (D + 1)); column D is the
+    // sum of the bf16 parts in columns D and D + 1 (put_column_d).
+    template <class F>
+    __device__ __forceinline__ void each(F f) const {
         const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
         auto tile = [&](const float (&c)[4], int mt, int nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int m = 16 * mt + g + 8 * (e / 2), col = 8 * nt + 2 * t + e % 2;
-                if (col < D + 1) out[m * (D + 1) + col] = c[e];
+                if (col < D + 1) f(c[e], m, col);
             }
         };
 #pragma unroll
@@ -298,10 +301,40 @@ struct StateSlice {
 #pragma unroll
             for (int mt = 0; mt < 4; ++mt) tile(acc[4 * i + mt], mt, w + 8 * i);
         if (w < 4 && t == 0) {
-            // Column D is the sum of the bf16 parts in columns D and D + 1 (put_column_d).
             const float c[4] = {acc[4 * FULL][0] + acc[4 * FULL][1], 0.0f, acc[4 * FULL][2] + acc[4 * FULL][3], 0.0f};
             tile(c, w, NTD);
         }
+    }
+    __device__ __forceinline__ void store(float* out) const {
+        each([&](float v, int m, int col) { out[m * (D + 1) + col] = v; });
+    }
+    // The slice starts from a state x (M x (D + 1), float32) instead of zero (v34, the causal
+    // forward): column D into its first part, the second part zero.
+    __device__ __forceinline__ void load(const float* x) {
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+        for (int i = 0; i < FULL; ++i)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    acc[4 * i + mt][e] = __ldg(x + (16 * mt + g + 8 * (e / 2)) * (D + 1) + 8 * (w + 8 * i) + 2 * t + e % 2);
+        if (w < 4)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                acc[4 * FULL][e] = t == 0 && e % 2 == 0 ? __ldg(x + (16 * w + g + 8 * (e / 2)) * (D + 1) + D) : 0.0f;
+    }
+    // The slice, rounded to bf16, into a state arranged by arrange_state (the inverse of its
+    // feature and out_col orders).
+    __device__ __forceinline__ void store_arranged(uint2* sa) const {
+        constexpr int NTW = NTD + 1;
+        bf16* out = reinterpret_cast<bf16*>(sa);
+        each([&](float v, int m, int col) {
+            const int t = m / warp::kR, ks = (m % warp::kR) / 4, e = m % 4;
+            const int nt = col < D ? 4 * (col / 32) + (col % 8) / 2 : NTD;
+            const int g = col < D ? 2 * ((col % 32) / 8) + col % 2 : col - D;
+            out[((ks * NTW + nt) * 32 + 4 * g + t) * 4 + e] = __float2bfloat16(v);
+        });
     }
 };
 
