@@ -15,39 +15,40 @@
 //   2. the normaliser as one product phi(q) Z over 16 columns: Z's columns 0..7 are the chunk's
 //      tile sums (those before the warp's tile count), column 8 the sum before the chunk; the
 //      last warp moves that sum past the chunk (two copies, alternating, so that no barrier
-//      separates its readers from the writer); phi(q) / den into phiQT (transposed), G^T into gT,
-//      -(G . o) into cT (one float per token, the state's column D); barrier;
-//   3. each warp adds the chunk to its slice of U (registers, from zero); barrier.
-// 83 KB of shared memory at D=128 and at most 128 registers: two blocks per multiprocessor (v15;
-// v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230 registers).
+//      separates its readers from the writer); phi(q) / den and [G, -(G . o)] into the chunk's
+//      tiles as rows (bf16; column D in two parts), as the non-causal query totals; barrier;
+//   3. each warp adds the chunk to its slice of U (registers, from zero; v35: bf16 operands read
+//      with ldmatrix.trans, stream_noncausal.cuh's StateSlice); barrier.
+// The normaliser's products stay TF32. At most 128 registers: two blocks per multiprocessor
+// (v15; v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230
+// registers).
 #pragma once
 
-#include "stream_kernels.cuh"
+#include "stream_noncausal.cuh"
 
 namespace racesp::cuda {
 
 template <class T, int D>
 struct CausalTotalsLayout {
-    using Base = StreamLayout<T, D>;
+    using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int NTW = Base::NTW;
+    static constexpr int KSD = Base::KSD, ldp = Base::ldp, ldv = Base::ldv;
     // zt rows: the chunk's 8 tile sums, then the sum before the chunk in two alternating copies.
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
     static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
-    std::size_t wpu, zt, phiQT, gT, cT, total;
-    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phiQT(0), gT(0), cT(0), total(0) {
+    std::size_t wpu, zt, phi, rows, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phi(0), rows(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
             at += (bytes + 127) / 128 * 128;
             return here;
         };
-        wpu = take(D / 8 * 2 * 32 * sizeof(float2));
+        wpu = take(KSD * 2 * 32 * sizeof(uint4));
         zt = take(kZRows * ldZ * sizeof(float));
-        phiQT = take(warp::kM * Base::ldT * sizeof(float));
-        gT = take(D * Base::ldV * sizeof(T));
-        cT = take(kChunk * sizeof(float));
+        phi = take(kChunk * ldp * sizeof(__nv_bfloat16));
+        rows = take(kChunk * ldv * sizeof(__nv_bfloat16));
         total = at;
     }
 };
@@ -73,13 +74,13 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     using Lay = CausalTotalsLayout<T, D>;
     using namespace warp;
     constexpr Lay lay;
-    constexpr int kChunk = Lay::kChunk, ldT = Lay::Base::ldT, ldV = Lay::Base::ldV, ldZ = Lay::ldZ;
+    using bf16 = __nv_bfloat16;
+    constexpr int kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv, ldZ = Lay::ldZ;
     extern __shared__ __align__(128) unsigned char sm[];
-    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
+    uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
     float* zt = reinterpret_cast<float*>(sm + lay.zt);
-    float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
-    T* gT = reinterpret_cast<T*>(sm + lay.gT);
-    float* cT = reinterpret_cast<float*>(sm + lay.cT);
+    bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
+    bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -88,9 +89,11 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
     const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
-    stream::arrange_projection<D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
+    noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
-    stream::StateSlice<T, D> u_slice;
+    // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
+    for (int i = threadIdx.x; i < kChunk * 6; i += blockDim.x) rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
+    noncausal::StateSlice<D> u_slice;
     __syncthreads();
 
     int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
@@ -102,24 +105,34 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
         // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
         float phq[2][kR], diag[2];
         {
-            float u[2][kP], phk[2][kR];
-            Rows<T, D> xk;
-            xk.load(a.k, row0, row_stride, n);
-            project<T, D, 1>(xk, wpu, u);
-            features(u, d.beta, n, phk);
-            stream::put_tile_sums(zt + warp_id * ldZ, phk);
+            float u[2][kP];
+            uint2 kb[4][2];  // phi(k)^T as bf16 B fragments: k-step ks (table t, buckets 4ks ..), n-tile r = key row g + 8r
+            {
+                float phk[2][kR];
+                Rows<T, D> xk;
+                xk.load(a.k, row0, row_stride, n);
+                warp16::project<T, D>(xk, wpu, u);
+                features(u, d.beta, n, phk);
+                stream::put_tile_sums(zt + warp_id * ldZ, phk);
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+                    for (int r = 0; r < 2; ++r)
+                        kb[ks][r] = make_uint2(warp16::pack(phk[r][4 * ks], phk[r][4 * ks + 1]),
+                                               warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
+            }
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
-            project<T, D, 1>(xq, wpu, u);
+            warp16::project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
-            // att = phi(q) phi(k)^T: B's column g of n-tile nt is key g + 8 nt, the lane's own row nt.
+            // att = phi(q) phi(k)^T (bf16 operands, v35): B's column g of n-tile nt is key g + 8 nt.
             float att[2][4] = {};
 #pragma unroll
-            for (int ks = 0; ks < 8; ++ks) {
+            for (int ks = 0; ks < 4; ++ks) {
                 std::uint32_t af[4];
-                feature_frag(phq, ks, af);
+                warp16::feature_frag(phq, ks, af);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) mma(att[nt], af, tf32(phk[nt][2 * ks]), tf32(phk[nt][2 * ks + 1]));
+                for (int nt = 0; nt < 2; ++nt) warp16::mma(att[nt], af, kb[ks][nt]);
             }
             stream::mask_diagonal(att);
 #pragma unroll
@@ -160,29 +173,26 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
         }
         before = 2 * Lay::kWarps + 1 - before;
         {
-            // phi(q) / den, G^T and -(G . o) for the state's column D.
+            // phi(q) / den, G and -(G . o) (the state's column D) as the chunk's rows.
+            float inv[2];
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const float inv = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
-#pragma unroll
-                for (int b = 0; b < kR; ++b) phq[r][b] *= inv;
-            }
-            stream::put_features_t<ldT>(phiQT, col0, phq);
+            for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
+            noncausal::put_features<ldp>(phi_s, col0, phq, inv);
             Rows<T, D> xg, xo;
             xg.load(a.dout, row0, row_stride, n);
             xo.load(a.o, row0, row_stride, n);
-            stream::put_rows_t<T, D, ldV>(gT, col0, xg);
+            noncausal::put_rows<T, D, ldv>(rows_s, col0, xg);
             float go[2];
             stream::row_dots(xg, xo, go);
-            if (t == 0)
 #pragma unroll
-                for (int r = 0; r < 2; ++r) cT[col0 + g + 8 * r] = tf32f(-go[r]);
+            for (int r = 0; r < 2; ++r) go[r] = -go[r];
+            noncausal::put_column_d<D, ldv>(rows_s, col0, go);
         }
-        __syncthreads();  // phiQT, gT and cT of the chunk
+        __syncthreads();  // the chunk's features and rows
 
         // 3. The chunk into the warp's slice of U.
-        u_slice.template add<ldT, ldV, kChunk>(phiQT, gT, cT);
-        __syncthreads();  // phiQT, gT, cT and zt's tile sums read before the next chunk writes them
+        u_slice.template add<ldp, ldv, kChunk>(phi_s, rows_s);
+        __syncthreads();  // the tiles and zt's tile sums read before the next chunk writes them
     }
     u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
 }
