@@ -166,7 +166,7 @@ __device__ __forceinline__ void add_chunk(float* x, float sign, const float* phi
             const int nt = nt0 + 2 * s;
             if (nt >= NTW) continue;
             std::uint32_t b0, b1;
-            stream::StateSlice<B, D>::b_pair(bT, b_at(8 * nt + g, tok), b0, b1);
+            stream::b_pair(bT, b_at(8 * nt + g, tok), b0, b1);
             mma(acc[s], a, b0, b1);
         }
     }

@@ -8,8 +8,9 @@
 // as its registers hold them), then each warp adds the chunk to its own slice of the state, held
 // in registers (float32) for the whole segment, reading the tiles transposed (ldmatrix.trans).
 // The key totals are the same sums in every mode, so that pass serves causal and bucket runs
-// too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes; the causal warp-tile
-// kernels (stream_causal*.cuh) keep TF32 operands.
+// too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes. The causal forward
+// (v34, stream_causal.cuh) and query totals (v35, stream_causal_totals.cuh) use this file's
+// tiles and StateSlice too; v12, the causal backward, keeps TF32 operands.
 //
 // Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
 // totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the

@@ -1,6 +1,7 @@
-// Warp-level building blocks of the TF32 warp-tile kernels (stream_causal*.cuh): one warp owns a
-// tile of 16 tokens and keeps every per-token quantity in registers, in the operand layouts of
-// the TF32 tensor-core instruction mma.sync.m16n8k8 (PTX ISA, "Matrix fragments for mma.m16n8k8"):
+// Warp-level building blocks of the warp-tile kernels (stream_*.cuh; the TF32 ones: v12, the
+// causal backward, and the causal query totals' normaliser): one warp owns a tile of 16 tokens
+// and keeps every per-token quantity in registers, in the operand layouts of the TF32
+// tensor-core instruction mma.sync.m16n8k8 (PTX ISA, "Matrix fragments for mma.m16n8k8"):
 // lane = 4 g + t holds rows g and g + 8 of A and C, column t (and t + 4) of A, column 2t, 2t + 1
 // of C, and row t (and t + 4) of B.
 //
@@ -259,8 +260,8 @@ __device__ __forceinline__ void c_as_a(const float (&c)[4], std::uint32_t (&a)[4
 }
 
 // Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward's
-// formulas, its sums in another order): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to TF32: read only as
-// the operand of dz Wp); returns the lane's part of dL/dbeta.
+// formulas, its sums in another order): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to
+// TF32: read only as the operand of dz Wp); returns the lane's part of dL/dbeta.
 __device__ __forceinline__ double features_backward(const float (&u)[2][kP], const float (&phi)[2][kR],
                                                     const float (&dph)[2][kR], float beta, float (&dz)[2][kP]) {
     static_assert(kP == 4, "the sums halve the buckets plane by plane");

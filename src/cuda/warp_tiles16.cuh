@@ -1,5 +1,6 @@
 // v27 (experiments/gpu-notes.md): the warp tiles of warp_tiles.cuh with 16-bit tensor-core
-// operands, for the non-causal passes (stream_noncausal.cuh): mma.sync.m16n8k16 with bf16 (the
+// operands, for the non-causal passes (stream_noncausal.cuh; since v34-v35 also the causal
+// forward and query totals): mma.sync.m16n8k16 with bf16 (the
 // projection of fp16 rows: fp16) operands and float32 accumulation does the work of two TF32
 // m16n8k8 steps, and one 32-bit register carries two operands instead of one.
 //
