@@ -33,10 +33,10 @@ struct NoncausalLayout {
     // number of 16-byte pieces so that ldmatrix's 8 rows hit different banks: 72 features (64
     // used), D + 8 columns (D + 2 used: the rows, and column D in two parts).
     static constexpr int ldp = warp::kM + 8, ldv = D + 8;
-    // Two sets in the sums' passes (v29: the query totals; v36: the key totals too), so that a
-    // chunk's writes need no barrier after the previous chunk's reads. With v30's tiles two sets
-    // take 112 KB: the key totals keep their second block per multiprocessor.
-    static constexpr int kSets = 2;
+    // Two sets in the query totals (v29), so that a chunk's writes need no barrier after the
+    // previous chunk's reads; one in the key totals, whose second block per multiprocessor (the
+    // shared memory of two sets would not leave room for it) covers its barriers.
+    static constexpr int buffers(Pass pass) { return pass == Pass::query_state ? 2 : 1; }
     static constexpr int kPhi = kChunk * ldp, kRows = kChunk * ldv;  // elements of one set
     std::size_t red, wpu, wpd, sa, z, st, phi, rows, total;
 
@@ -57,8 +57,8 @@ struct NoncausalLayout {
         if (grad) z = take(warp::kM * sizeof(float));
         if (grad) st = take(KSD * 8 * 32 * frag);
         if (pass == Pass::key_state || pass == Pass::query_state) {
-            phi = take(kSets * kPhi * b16);
-            rows = take(kSets * kRows * b16);
+            phi = take(buffers(pass) * kPhi * b16);
+            rows = take(buffers(pass) * kRows * b16);
         }
         total = at;
     }
@@ -386,7 +386,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     }
     if constexpr (pass == Pass::key_state || pass == Pass::query_state) {
         // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
-        for (int i = threadIdx.x; i < Lay::kSets * kChunk * 6; i += blockDim.x)
+        for (int i = threadIdx.x; i < Lay::buffers(pass) * kChunk * 6; i += blockDim.x)
             rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
     }
     __syncthreads();
@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
             const int n = max(0, min(kTile, seg_end - t0));
             const long long row0 = blk.row_of(min(t0, seg_end - 1));
             const int col0 = kTile * warp_id;  // the warp's first token in the chunk
-            const int set = ((c0 - seg_begin) / kChunk) % Lay::kSets;
+            const int set = ((c0 - seg_begin) / kChunk) % Lay::buffers(pass);
             bf16* phi_c = phi_s + set * Lay::kPhi;
             bf16* rows_c = rows_s + set * Lay::kRows;
             float u[2][kP], phi[2][kR];
@@ -509,9 +509,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
             }
             noncausal::put_features<ldp>(phi_c, col0, phi, scale);
             __syncthreads();  // the chunk's features and right-hand rows
-            // The chunk after next writes this set only once every warp has passed the next
-            // chunk's barrier, i.e. has finished reading it.
             slice.template add<ldp, ldv, kChunk>(phi_c, rows_c);
+            // With one set, read before the next chunk overwrites it. With two, the chunk after
+            // next writes this set only once every warp has passed the next chunk's barrier.
+            if constexpr (Lay::buffers(pass) == 1) __syncthreads();
         }
         slice.store(a.seg_out + (bh * d.nseg + seg) * state_size);
     }
