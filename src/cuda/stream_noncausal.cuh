@@ -38,10 +38,10 @@ struct NoncausalLayout {
     // shared memory of two sets would not leave room for it) covers its barriers.
     static constexpr int buffers(Pass pass) { return pass == Pass::query_state ? 2 : 1; }
     static constexpr int kPhi = kChunk * ldp, kRows = kChunk * ldv;  // elements of one set
-    std::size_t red, wpu, wpd, sa, z, st, phi, rows, total;
+    std::size_t red, wpu, wpd, sa, z, st, phi, rows, stage, total;
 
     __host__ __device__ constexpr NoncausalLayout(Pass pass)
-        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phi(0), rows(0), total(0) {
+        : red(0), wpu(0), wpd(0), sa(0), z(0), st(0), phi(0), rows(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -60,6 +60,8 @@ struct NoncausalLayout {
             phi = take(buffers(pass) * kPhi * b16);
             rows = take(buffers(pass) * kRows * b16);
         }
+        // v37: the query totals' next q and dout rows, per warp (201 KB in all at D=128).
+        if (pass == Pass::query_state) stage = take(2 * kWarps * warp::StagedRows<T, D>::kBytes);
         total = at;
     }
 };
@@ -446,10 +448,21 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     } else {
         // The sums over tokens: chunks of kChunk tokens, warp w on tokens 16w .. 16w + 15.
         noncausal::StateSlice<D> slice;
+        // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
+        auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
+        auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
+        // v37: the query totals copy the next chunk's q and dout rows into the warp's slots
+        // (cp.async) while they work on this one (v21's StagedRows, as v10).
+        constexpr int kSlot = StagedRows<T, D>::kBytes / 16;
+        const StagedRows<T, D> stage_q{reinterpret_cast<uint4*>(sm + lay.stage) + warp_id * kSlot};
+        const StagedRows<T, D> stage_g{stage_q.slot + Lay::kWarps * kSlot};
+        if constexpr (pass == Pass::query_state) {
+            stage_q.fetch(a.q, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
+            stage_g.fetch(a.dout, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
+        }
         for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
-            const int t0 = c0 + kTile * warp_id;
-            const int n = max(0, min(kTile, seg_end - t0));
-            const long long row0 = blk.row_of(min(t0, seg_end - 1));
+            const int n = tile_rows(c0);
+            const long long row0 = tile_row(c0);
             const int col0 = kTile * warp_id;  // the warp's first token in the chunk
             const int set = ((c0 - seg_begin) / kChunk) % Lay::buffers(pass);
             bf16* phi_c = phi_s + set * Lay::kPhi;
@@ -471,10 +484,12 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 // normaliser den = phi(q) . z and Wm = [dout, -(dout . o)] / den. v27: dout's rows
                 // are exact bf16 operands and 1 / den scales the features instead, so that the two
                 // parts of Wm, which nearly cancel in the products, are rounded alike.
+                const bool more = c0 + kChunk < seg_end;
                 Rows<T, D> xq, xg;
-                xq.load(a.q, row0, row_stride, n);
-                xg.load(a.dout, row0, row_stride, n);
+                stage_q.read(xq);
+                stage_g.read(xg);
                 warp16::project<T, D>(xq, wpu, u);
+                if (more) stage_q.fetch(a.q, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
                 features(u, d.beta, n, phi);
                 float den[2];
                 noncausal::feature_dot(phi, col_d, den);
@@ -499,6 +514,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 }
                 // [dout, -(dout . o)] into the chunk's rows for U += (phi(q) / den)^T [dout, -(dout . o)].
                 noncausal::put_rows<T, D, ldv>(rows_c, col0, xg);
+                if (more) stage_g.fetch(a.dout, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
                 noncausal::put_column_d<D, ldv>(rows_c, col0, go);
                 float dz[2][kP];
                 dbeta += features_backward(u, phi, dph, d.beta, dz);
