@@ -126,8 +126,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     noncausal::arrange_state<D>(sa, s_start);
     for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = __float2bfloat16(0.0f);  // rows D+1.. stay 0
-    // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
-    for (int i = threadIdx.x; i < kChunk * 6; i += blockDim.x) rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
+    noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
     noncausal::StateSlice<D> slice;
     slice.load(s_start);
     // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.

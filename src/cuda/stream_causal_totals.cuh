@@ -91,8 +91,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
-    // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
-    for (int i = threadIdx.x; i < kChunk * 6; i += blockDim.x) rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
+    noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
     noncausal::StateSlice<D> u_slice;
     __syncthreads();
 

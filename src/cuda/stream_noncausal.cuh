@@ -223,6 +223,13 @@ __device__ __forceinline__ void put_column_d(bf16* rows, int col0, const float (
     }
 }
 
+// Columns D + 2 .. D + 7 of rows tiles of `tokens` rows (the last n-tile's past D + 1), which
+// put_rows and put_column_d never write: zeroed once.
+template <int D, int ldv>
+__device__ void zero_rows_padding(bf16* rows, int tokens) {
+    for (int i = threadIdx.x; i < tokens * 6; i += blockDim.x) rows[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
+}
+
 // ldmatrix with .trans: the 8 x 8 16-bit blocks whose rows (16 bytes each) lanes 8j .. 8j + 7
 // address, transposed into register j: lane (g, t) gets rows 2t, 2t + 1 of column g, i.e. the
 // fragment of an operand whose k runs along the rows (PTX ISA, "ldmatrix").
@@ -386,11 +393,8 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
         stream::load_key_sums<D>(col_d, a.u_start + bh * state_size);
         noncausal::arrange_state_t<D>(st, a.u_start + bh * state_size);
     }
-    if constexpr (pass == Pass::key_state || pass == Pass::query_state) {
-        // Columns D + 2 .. D + 7 of the rows (the last n-tile's past D + 1) are never written: zero once.
-        for (int i = threadIdx.x; i < Lay::buffers(pass) * kChunk * 6; i += blockDim.x)
-            rows_s[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
-    }
+    if constexpr (pass == Pass::key_state || pass == Pass::query_state)
+        noncausal::zero_rows_padding<D, ldv>(rows_s, Lay::buffers(pass) * kChunk);
     __syncthreads();
     double dbeta = 0.0;
 
