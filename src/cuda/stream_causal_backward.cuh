@@ -1,34 +1,40 @@
 // v12 (experiments/gpu-notes.md): the causal backward pass of the kernel normalisation on warp
-// tiles, for the sizes of v9-v11 (bf16/fp16, P = L = 4, D = 64 or 128). One block per (segment,
-// head, batch entry) walks its segment from the end in chunks of 64 tokens (4 tiles of 16) with
-// both states in shared memory as float32:
+// tiles, for the sizes of v9-v11 (bf16/fp16, P = L = 4, D = 64 or 128), on 16-bit tensor-core
+// operands since v38 (warp_tiles16.cuh). One block per (segment, head, batch entry) walks its
+// segment from the end in chunks of 64 tokens (4 tiles of 16) with both states in shared memory:
 //   S: the forward state before the chunk (the keys before it). It starts as the state after the
 //      segment and loses each chunk's keys; the segment's first chunk gets the exact start state
 //      from the float64 scan instead, so rounding left by the subtractions ends there.
 //   U: the backward state after the chunk (the queries after it). It starts as the state after the
 //      segment (float64 scan) and gains each chunk's queries: additions only.
+// Each state is kept in float32 (the sums) and as a bf16 copy of its first D columns (the
+// operands); its column D (the normaliser's) is read from the float32 copy, as the non-causal
+// passes do. With Wm_i = [G_i, c_i] / den_i, c_i = -(G_i . o_i) from the forward's o (v14):
+//   dL/dphi(q_i) = (G_i S[:, :D]^T + c_i S[:, D]^T + sum_{j <= i} (G_i . v_j + c_i) phi(k_j)) / den_i,
+//   dL/dphi(k_j) = [v_j, 1] U^T + sum_{i >= j} (G_i . v_j + c_i) phi(q_i) / den_i,
+//   dv_j = phi(k_j) U[:, :D] + sum_{i >= j} (phi(k_j) . phi(q_i) / den_i) G_i,
+//   U += sum_i (phi(q_i) / den_i)^T [G_i, c_i]:
+// the rows G and v stay the exact 16-bit operands they are and 1 / den scales the features (as
+// the non-causal query totals since v27), so the parts of Wm that nearly cancel are rounded alike
+// (fp16 rows: G . o from G rounded to bf16, as the products take it).
 // Warps 0-3 take the queries of tile w, warps 4-7 the keys of tile w - 4. Per chunk:
-//   1. all: rows in, features; the queries' features transposed (phiQT), the keys' (phiKT) and
-//      [v, 1]^T (vT); barrier;
-//   2. all: S minus the chunk's keys (each warp a share of the state's tiles); barrier;
-//   3. queries: the normaliser den = phi(q) S[:, D] + sum_{j <= i in the chunk} phi(q_i) . phi(k_j),
-//      Wm = [G / den, -(G . o) / den] from the forward's o (v14; v12 recomputed the whole
-//      numerator phi(q) S + ... [v_j, 1]) into Wm^T, and the blocks phi(q_i) . phi(k_j) and
-//      Wm_i . [v_j, 1] (j <= i) into shared memory for both sides;
-//      keys: the state terms dL/dphi(k) = [v, 1] U^T and dv = phi(k) U[:, :D]; barrier;
-//   4. queries: dL/dphi(q_i) = Wm_i S^T + sum_{j <= i} (Wm_i . [v_j, 1]) phi(k_j), then dq;
-//      keys: + sum_{i >= j in the chunk} ([v_j, 1] . Wm_i) phi(q_i) and (phi(k_j) . phi(q_i)) Wm_i
-//      from the same blocks, then dk, dv;
-//      all: U plus the chunk's queries; barrier.
-// The states are B operands read straight from the float32 copy; see SharedState for the layout
-// that serves both products and for the rounding to TF32. v23: the query warps copy the chunk's
-// o rows into shared memory with cp.async at step 1 and read them at step 3 (a global-memory
-// latency off every chunk), and their step-3 products accumulate even and odd k-steps apart
-// (dependent chains half as long, twice as many in flight); v25 does the same for the two
-// 17-step state products, v26 loads the next chunk's q or k rows at the end of step 4.
+//   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; barrier;
+//   2. all: S minus the chunk's keys (each warp a slice of the state); barrier;
+//   3. queries: den from S[:, D] and the blocks phi(q_i) phi(k_j)^T (j <= i); the blocks scaled by
+//      1 / den_i and the blocks G_i . v_j + c_i into shared memory for the keys; phi(q) / den and
+//      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
+//   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
+//      dk and dv; all: U plus the chunk's queries; barrier.
+// Every operand is read with ldmatrix. Along the features the tiles and states keep the order
+// of the C tiles over features (feature_pos), along the D columns that of the C tiles over
+// columns (column_pos): one layout serves both products of a state (k over features, k over
+// columns: ldmatrix with and without .trans), and every product's output is in the order that
+// dphi_of and store_rows read. The query warps copy the chunk's o rows into shared memory with
+// cp.async at step 1 and read them at step 3 (v23); the next chunk's q or k rows are loaded at
+// the end of step 4 (v26).
 #pragma once
 
-#include "stream_kernels.cuh"
+#include "stream_noncausal.cuh"
 
 namespace racesp::cuda {
 
@@ -36,179 +42,245 @@ template <class T, int D>
 struct CausalBackwardLayout {
     static constexpr int kWarps = 8, kThreads = 32 * kWarps;
     static constexpr int kTiles = 4, kChunk = kTiles * warp::kTile;  // 64 tokens
-    static constexpr int ldT = kChunk + 8;   // floats: 8 mod 32, conflict-free 8-byte fragment loads
-    static constexpr int ldV = kChunk + 10;  // T elements
-    static constexpr int kRows = D + 8;      // columns of [x, 1] padded to whole n-tiles
-    static constexpr int kStateFloats = warp::kM * (D + 1) + 8;
+    static constexpr int NTD = D / 8, NTW = NTD + 1, KSD = D / 16;
+    // bf16 tiles and copies, rows of an odd number of 16-byte pieces (ldmatrix's 8 rows hit
+    // distinct banks): features [token][feature] (72, 64 used), rows [token][column] and the
+    // states' copies [feature][column] (D + 8: D, then column D of [v, 1] or [G, c] in two parts).
+    static constexpr int ldp = warp::kM + 8, ldv = D + 8;
+    static constexpr int ldS = D + 8;  // float32 states [feature][column]: 8 mod 32 words, column D at D
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
-    static constexpr int ldP = 24;  // floats: rows 24 apart, a half-warp's 8-byte loads hit distinct banks
-    static constexpr int kBlockFloats = warp::kTile * ldP;
-    std::size_t red, wpu, wpd, s, u, phiKT, phiQT, vT, wmT, pairs, stage, total;
+    static constexpr int ldP = 24;                            // bf16 blocks [query][key]: rows 48 bytes apart
+    static constexpr int kBlock = warp::kTile * ldP;
+    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, stage, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), phiKT(0), phiQT(0), vT(0), wmT(0), pairs(0), stage(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
             at += (bytes + 127) / 128 * 128;
             return here;
         };
+        const std::size_t b16 = sizeof(__nv_bfloat16);
         red = take(kWarps * sizeof(double));
-        wpu = take(D / 8 * 2 * 32 * sizeof(float2));
-        wpd = take(2 * D / 8 * 32 * sizeof(float2));
-        s = take(kStateFloats * sizeof(float));
-        u = take(kStateFloats * sizeof(float));
-        phiKT = take(warp::kM * ldT * sizeof(float));
-        phiQT = take(warp::kM * ldT * sizeof(float));
-        vT = take(kRows * ldV * sizeof(T));
-        wmT = take(kRows * ldT * sizeof(float));
-        pairs = take(kPairs * 2 * kBlockFloats * sizeof(float));
-        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 221 KB in all at D=128
+        wpu = take(KSD * 2 * 32 * sizeof(uint4));
+        wpd = take(NTD * 32 * sizeof(uint2));
+        s = take(warp::kM * ldS * sizeof(float));
+        u = take(warp::kM * ldS * sizeof(float));
+        sb = take(warp::kM * ldv * b16);
+        ub = take(warp::kM * ldv * b16);
+        phiK = take(kChunk * ldp * b16);
+        phiQ = take(kChunk * ldp * b16);
+        vt = take(kChunk * ldv * b16);
+        gt = take(kChunk * ldv * b16);
+        pairs = take(kPairs * 2 * kBlock * b16);
+        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
         total = at;
     }
 };
 
 namespace causal_backward {
 
-using namespace warp;
+using bf16 = __nv_bfloat16;
+using noncausal::ldmatrix;
+using noncausal::ldmatrix_t;
 
-// A state X (M x (D+1)) in shared memory, float32, row f at f (D+1) + 2 (f / 16). With D + 1 = 1
-// mod 32 (D = 64, 128), both B-operand patterns hit 32 distinct banks: by_features (k over
-// features 16t + 2ks + h, n over the columns out_col) and by_columns (k over columns in_col, n
-// over features 16 (g/2) + 2nt + g%2, as arrange_state_t). The tensor cores read the top 19 bits
-// of a TF32 operand (truncation), so each element is kept with half a TF32 unit added to its bits
-// (CUTLASS's round_half_ulp_truncate): the fragment loads then give round-to-nearest (cvt.rna's
-// TF32 value) with no instruction of their own, and the chunk sums take the half unit off and put
-// it back. (Truncating alone biased every state product by -2^-11 on average: 2.0e-3 in dbeta
-// against the run-time kernels in CudaFixedSizes; adding the half unit at every load cost 10% of
-// the causal step.)
-template <int D>
-struct SharedState {
-    static constexpr int W = D + 1;
-    float* x;
-    __device__ static int at(int f, int c) { return f * W + 2 * (f / 16) + c; }
-    __device__ static float biased(float v) { return __uint_as_float(__float_as_uint(v) + 0x1000u); }
-    __device__ static float unbiased(float v) { return __uint_as_float(__float_as_uint(v) - 0x1000u); }
-    __device__ void by_features(int ks, int nt, std::uint32_t& b0, std::uint32_t& b1) const {
-        const int g = lane_id() / 4, t = lane_id() % 4, f = feat_of(t, ks, 0);
-        const int c = nt < D / 8 ? out_col<D>(nt, g) : D;  // column D + g: only g = 0 is real
-        const bool real = nt < D / 8 || g == 0;
-        b0 = real ? __float_as_uint(x[at(f, c)]) : 0u;
-        b1 = real ? __float_as_uint(x[at(f + 1, c)]) : 0u;
-    }
-    __device__ void by_columns(int ks, int nt, std::uint32_t& b0, std::uint32_t& b1) const {
-        const int g = lane_id() / 4, t = lane_id() % 4, f = kR * (g / 2) + 2 * nt + g % 2;
-        if (ks < D / 8) {
-            const int c = in_col<D>(ks, t, 0);
-            b0 = __float_as_uint(x[at(f, c)]), b1 = __float_as_uint(x[at(f, c + 1)]);
-        } else {
-            b0 = t == 0 ? __float_as_uint(x[at(f, D)]) : 0u;  // columns D + 2t + h: only t = 0, h = 0 is real
-            b1 = 0u;
-        }
-    }
-    __device__ void load(const float* src) const {
-        for (int e = threadIdx.x; e < kM * W; e += blockDim.x) x[at(e / W, e % W)] = biased(__ldg(src + e));
-    }
-};
+// Feature f = 16 t + b (table t, bucket b) sits where the C tiles over features put it: n-tile
+// b / 2, column 2t + b % 2 (stream::dphi_of), which is also the k order of warp16::feature_frag.
+__host__ __device__ constexpr int feature_pos(int f) { return 8 * (f % 16 / 2) + 2 * (f / 16) + f % 2; }
+// Column c = 32 a + 8 t + 2 m + i (< D) sits where the C tiles over columns put it: n-tile 4a + m,
+// column 2t + i (warp::out_col), which is also the k order of warp16::rows_frag.
+__host__ __device__ constexpr int column_pos(int c) { return (c & ~31) | ((c & 6) << 2) | ((c >> 2) & 6) | (c & 1); }
 
-// Token columns of phiQT, phiKT ([feature][token]) and Wm^T ([column][token]) are XOR-swizzled by
-// a multiple of 8 chosen from the row (feature / 16, column / 8): the scalar fragment loads (rows
-// 8t or 16t apart) and the pair loads (rows 16 (g/2) apart) then hit distinct banks, and pairs of
-// neighbouring tokens stay neighbours.
-__device__ __forceinline__ int swizzle(int x) { return 16 * (x % 2) + 8 * ((x / 2) % 2); }
-template <int ldT>
-__device__ __forceinline__ int phi_at(int f, int tok) { return f * ldT + (tok ^ swizzle(f / 16)); }
-template <int ldT>
-__device__ __forceinline__ int wm_at(int col, int tok) { return col * ldT + (tok ^ swizzle(col / 8)); }
-
-template <int ldT>
-__device__ __forceinline__ void put_features(float* phiT, int col0, const float (&phi)[2][kR]) {
-    const int g = lane_id() / 4, t = lane_id() % 4;
+// The lane's features of its two rows, each row times scale[r], into a feature tile.
+template <int ldp>
+__device__ __forceinline__ void put_features(bf16* tile, int col0, const float (&phi)[2][warp::kR], const float (&scale)[2]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int b = 0; b < kR; ++b) phiT[phi_at<ldT>(kR * t + b, col0 + g + 8 * r)] = tf32f(phi[r][b]);
-}
-template <int D, int ldT>
-__device__ __forceinline__ void put_wm(float* wmT, int col0, const float (&wm)[D / 8 + 1][4]) {
-    const int g = lane_id() / 4, t = lane_id() % 4;
-#pragma unroll
-    for (int nt = 0; nt < D / 8 + 1; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) wmT[wm_at<ldT>(out_col<D>(nt, 2 * t + e % 2), col0 + g + 8 * (e / 2))] = wm[nt][e];
+        for (int nt = 0; nt < 8; ++nt)
+            *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldp + 8 * nt + 2 * t) =
+                warp16::pack(phi[r][2 * nt] * scale[r], phi[r][2 * nt + 1] * scale[r]);
 }
 
-// One element of vT as a TF32 operand (16-bit values are exact).
-template <class T>
-__device__ __forceinline__ std::uint32_t value_bits(const T* vT, int at) {
-    const unsigned short h = reinterpret_cast<const unsigned short*>(vT)[at];
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) return static_cast<std::uint32_t>(h) << 16;
-    else return __float_as_uint(__half2float(__ushort_as_half(h)));
+// The lane's rows, as bf16, into columns 0 .. D - 1 of a row tile: word m of the lane's vector
+// s (columns 32 s + 8 t + 2 m, + 1) at column_pos.
+template <class T, int D, int ldv>
+__device__ __forceinline__ void put_rows(bf16* tile, int col0, const warp::Rows<T, D>& x) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldv + 32 * s + 8 * m + 2 * t) =
+                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
 }
 
-// x (a SharedState's elements) += sign * phi^T B over the chunk: 4 x NTW C tiles of the state, the
-// warp w of 8 taking m-tile w % 4 of the n-tiles w / 4, w / 4 + 2, ...; phi^T from phiT (swizzled),
-// B's column c at token tok from bT[b_at(c, tok)] (a pair of neighbouring tokens).
-template <class B, int D, int ldT, int kChunk, class BAt>
-__device__ __forceinline__ void add_chunk(float* x, float sign, const float* phiT, const B* bT, BAt b_at) {
+// -(G . o) for the lane's two rows, with G as the products read it (bf16; fp16 rows rounded), so
+// that c_i and the products G_i . v_j, G_i S^T, whose difference is taken, see the same G.
+template <class T, int D>
+__device__ __forceinline__ void minus_dots(const warp::Rows<T, D>& xg, const warp::Rows<T, D>& xo, float (&out)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float go = 0.0f;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s) {
+            const uint4 w = xg.x[r][s];
+            float gr[8], orow[8];
+            unpack16<bf16>(make_uint4(warp16::as_bf16<T>(w.x), warp16::as_bf16<T>(w.y), warp16::as_bf16<T>(w.z),
+                                      warp16::as_bf16<T>(w.w)),
+                           gr);
+            xo.floats(r, s, orow);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) go += gr[j] * orow[j];
+        }
+        out[r] = -warp::sum_over_t(go);
+    }
+}
+
+// A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb.
+template <int D, int ldS, int ldv>
+__device__ void load_state(float* x, bf16* xb, const float* src) {
+    for (int e = threadIdx.x; e < warp::kM * (D + 1); e += blockDim.x) {
+        const int f = feature_pos(e / (D + 1)), c = e % (D + 1);
+        const float v = __ldg(src + e);
+        if (c < D) {
+            x[f * ldS + column_pos(c)] = v;
+            xb[f * ldv + column_pos(c)] = __float2bfloat16(v);
+        } else {
+            x[f * ldS + D] = v;
+        }
+    }
+}
+
+// x (float32) and its bf16 copy xb += sign * phi^T rows over the chunk: the warp w of 8 takes the
+// state's m-tile w % 4 and half of its n-tiles (w / 4); column D is the sum of the rows' two parts.
+template <int D, int ldS, int ldp, int ldv, int kChunk>
+__device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows) {
     constexpr int NTW = D / 8 + 1, kS = (NTW + 1) / 2;
-    const int w = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    const int mt = w % 4, nt0 = w / 4;
+    const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+    const int mt = w % 4, nt0 = (w / 4) * kS;
+    // ldmatrix.trans, k the token: A's blocks tokens + 8 (j / 2), features + 8 (j % 2); B's
+    // tokens + 8 (j % 2), n-tile + j / 2.
+    const bf16* a_at = phi + (i + 8 * (j / 2)) * ldp + 16 * mt + 8 * (j % 2);
+    const bf16* b_at = rows + (i + 8 * (j % 2)) * ldv + 8 * (nt0 + j / 2);
     float acc[kS][4] = {};
-#pragma unroll 2
-    for (int kk = 0; kk < kChunk / 8; ++kk) {
-        const int tok = 8 * kk + 2 * t;
-        const float2 lo = *reinterpret_cast<const float2*>(phiT + phi_at<ldT>(16 * mt + g, tok));
-        const float2 hi = *reinterpret_cast<const float2*>(phiT + phi_at<ldT>(16 * mt + g + 8, tok));
-        const std::uint32_t a[4] = {__float_as_uint(lo.x), __float_as_uint(hi.x), __float_as_uint(lo.y),
-                                    __float_as_uint(hi.y)};
 #pragma unroll
-        for (int s = 0; s < kS; ++s) {
-            const int nt = nt0 + 2 * s;
-            if (nt >= NTW) continue;
-            std::uint32_t b0, b1;
-            stream::b_pair(bT, b_at(8 * nt + g, tok), b0, b1);
-            mma(acc[s], a, b0, b1);
+    for (int kk = 0; kk < kChunk / 16; ++kk) {
+        std::uint32_t a[4];
+        ldmatrix_t(a, a_at + 16 * kk * ldp);
+#pragma unroll
+        for (int s = 0; s < kS; s += 2) {
+            if (s + 1 < kS && nt0 + s + 1 < NTW) {
+                std::uint32_t b[4];
+                ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
+                warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
+                warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
+            } else if (nt0 + s < NTW) {
+                std::uint32_t b[2];
+                ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
+                warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
+            }
         }
     }
 #pragma unroll
-    for (int s = 0; s < kS; ++s)
+    for (int s = 0; s < kS; ++s) {
+        const int nt = nt0 + s;
+        if (nt >= NTW) continue;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int m = 16 * mt + g + 8 * (e / 2), col = 8 * (nt0 + 2 * s) + 2 * t + e % 2;
-            if (col <= D) {
-                float& v = x[SharedState<D>::at(m, col)];
-                v = SharedState<D>::biased(SharedState<D>::unbiased(v) + sign * acc[s][e]);
+        for (int h = 0; h < 2; ++h) {
+            const int f = 16 * mt + g + 8 * h;
+            if (nt < NTW - 1) {
+                float2& v = *reinterpret_cast<float2*>(x + f * ldS + 8 * nt + 2 * t);
+                v.x += sign * acc[s][2 * h];
+                v.y += sign * acc[s][2 * h + 1];
+                *reinterpret_cast<std::uint32_t*>(xb + f * ldv + 8 * nt + 2 * t) = warp16::pack(v.x, v.y);
+            } else if (t == 0) {
+                x[f * ldS + D] += sign * (acc[s][2 * h] + acc[s][2 * h + 1]);
             }
         }
+    }
 }
 
-// The 16 x 16 blocks of query tile i against key tile j <= i that both sides use, computed once by
-// the queries' warp: block 0 = phi(q) phi(k)^T, block 1 = Wm [v, 1]^T, masked on the diagonal,
-// TF32, stored [key][query] (ld ldP) from their C tiles (row: query g + 8 (e/2), column: key
-// 8 nt + 2t + e % 2).
+// acc[nt] += A X[:, :D] for the D columns' n-tiles, A's k-step ks over the features given by
+// `frag(ks, a)`, X's bf16 copy read with k along its rows (.trans).
+template <int D, int ldv, class Frag>
+__device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt += 2) {
+            std::uint32_t b[4];
+            ldmatrix_t(b, xb + (16 * ks + i + 8 * (j % 2)) * ldv + 8 * (nt + j / 2));
+            warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
+        }
+    }
+}
+
+// acc[nf] += R X[:, :D]^T over the 8 n-tiles of features, R's k-step ks over the D columns
+// given by `frag(ks, a)`, X's bf16 copy read with k along its columns (no .trans).
+template <int D, int ldv, class Frag>
+__device__ __forceinline__ void times_state_t(Frag frag, const bf16* xb, float (&acc)[8][4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nf = 0; nf < 8; nf += 2) {
+            std::uint32_t b[4];
+            ldmatrix(b, xb + (8 * nf + i + 8 * (j / 2)) * ldv + 16 * ks + 8 * (j % 2));
+            warp16::mma(acc[nf], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[nf + 1], a, make_uint2(b[2], b[3]));
+        }
+    }
+}
+
+// acc[nt] += A tile over NT n-tiles, A a 16 x 16 block over 16 tokens of a tile (rows
+// [token][...], ld) read with k along its rows (.trans).
+template <int NT, int ld>
+__device__ __forceinline__ void times_tile(const std::uint32_t (&a)[4], const bf16* tile, float (&acc)[NT][4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+        std::uint32_t b[4];
+        ldmatrix_t(b, tile + (i + 8 * (j % 2)) * ld + 8 * (nt + j / 2));
+        warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
+        warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
+    }
+}
+
+// The 16 x 16 blocks of query tile i against key tile j <= i that the keys' warps read, computed
+// by the queries' warp: block 0 = phi(q) phi(k)^T / den (rows: queries), block 1 = G . v + c,
+// masked on the diagonal, bf16, stored [query][key] from their C tiles.
 __host__ __device__ constexpr int pair_of(int i, int j) { return i * (i + 1) / 2 + j; }
 template <int ldP>
-__device__ __forceinline__ void put_block(float* blk, const float (&c)[2][4]) {
-    const int g = lane_id() / 4, t = lane_id() % 4;
+__device__ __forceinline__ void put_block(bf16* blk, const float (&c)[2][4]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) blk[(8 * nt + 2 * t + e % 2) * ldP + g + 8 * (e / 2)] = tf32f(c[nt][e]);
+        for (int h = 0; h < 2; ++h)
+            *reinterpret_cast<std::uint32_t*>(blk + (g + 8 * h) * ldP + 8 * nt + 2 * t) = warp16::pack(c[nt][2 * h], c[nt][2 * h + 1]);
 }
-// As the queries' A fragment of k-step nt over the keys (what c_as_a gives from C tile nt).
+// A block as the queries' A operand (rows: queries, k: keys) or, transposed, the keys' (rows:
+// keys, k: queries).
 template <int ldP>
-__device__ __forceinline__ void block_for_queries(const float* blk, int nt, std::uint32_t (&a)[4]) {
-    const int g = lane_id() / 4, k = 8 * nt + 2 * (lane_id() % 4);
-    a[0] = __float_as_uint(blk[k * ldP + g]), a[1] = __float_as_uint(blk[k * ldP + g + 8]);
-    a[2] = __float_as_uint(blk[(k + 1) * ldP + g]), a[3] = __float_as_uint(blk[(k + 1) * ldP + g + 8]);
+__device__ __forceinline__ void block_for_queries(const bf16* blk, std::uint32_t (&a)[4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+    ldmatrix(a, blk + (i + 8 * (j % 2)) * ldP + 8 * (j / 2));
 }
-// Transposed, as the keys' A fragment of k-step nq over the queries (keys g, g + 8 as rows).
 template <int ldP>
-__device__ __forceinline__ void block_for_keys(const float* blk, int nq, std::uint32_t (&a)[4]) {
-    const int g = lane_id() / 4, q = 8 * nq + 2 * (lane_id() % 4);
-    const float2 lo = *reinterpret_cast<const float2*>(blk + g * ldP + q);
-    const float2 hi = *reinterpret_cast<const float2*>(blk + (g + 8) * ldP + q);
-    a[0] = __float_as_uint(lo.x), a[1] = __float_as_uint(hi.x), a[2] = __float_as_uint(lo.y), a[3] = __float_as_uint(hi.y);
+__device__ __forceinline__ void block_for_keys(const bf16* blk, std::uint32_t (&a)[4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+    ldmatrix_t(a, blk + (i + 8 * (j / 2)) * ldP + 8 * (j % 2));
 }
 
 }  // namespace causal_backward
@@ -219,22 +291,22 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     using namespace warp;
     using namespace causal_backward;
     constexpr Lay lay;
-    constexpr int NTD = D / 8, NTW = NTD + 1, kChunk = Lay::kChunk, ldT = Lay::ldT, ldV = Lay::ldV;
+    constexpr int NTD = Lay::NTD, KSD = Lay::KSD, kChunk = Lay::kChunk;
+    constexpr int ldp = Lay::ldp, ldv = Lay::ldv, ldS = Lay::ldS, ldP = Lay::ldP, kBlock = Lay::kBlock;
     extern __shared__ __align__(128) unsigned char sm[];
     double* red = reinterpret_cast<double*>(sm + lay.red);
-    float2* wpu = reinterpret_cast<float2*>(sm + lay.wpu);
-    float2* wpd = reinterpret_cast<float2*>(sm + lay.wpd);
-    const SharedState<D> S{reinterpret_cast<float*>(sm + lay.s)};
-    const SharedState<D> U{reinterpret_cast<float*>(sm + lay.u)};
-    float* phiKT = reinterpret_cast<float*>(sm + lay.phiKT);
-    float* phiQT = reinterpret_cast<float*>(sm + lay.phiQT);
-    T* vT = reinterpret_cast<T*>(sm + lay.vT);
-    float* wmT = reinterpret_cast<float*>(sm + lay.wmT);
-    float* pairs = reinterpret_cast<float*>(sm + lay.pairs);
+    uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
+    uint2* wpd = reinterpret_cast<uint2*>(sm + lay.wpd);
+    float* S = reinterpret_cast<float*>(sm + lay.s);
+    float* U = reinterpret_cast<float*>(sm + lay.u);
+    bf16* Sb = reinterpret_cast<bf16*>(sm + lay.sb);
+    bf16* Ub = reinterpret_cast<bf16*>(sm + lay.ub);
+    bf16* phiK = reinterpret_cast<bf16*>(sm + lay.phiK);
+    bf16* phiQ = reinterpret_cast<bf16*>(sm + lay.phiQ);
+    bf16* vt = reinterpret_cast<bf16*>(sm + lay.vt);
+    bf16* gt = reinterpret_cast<bf16*>(sm + lay.gt);
+    bf16* pairs = reinterpret_cast<bf16*>(sm + lay.pairs);
     const StagedRows<T, D> stage_o{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32 % 4) * (StagedRows<T, D>::kBytes / 16)};
-    constexpr int ldP = Lay::ldP, kBlock = Lay::kBlockFloats;
-    auto v_at = [](int col, int tok) { return col * ldV + tok; };
-    auto w_at = [](int col, int tok) { return wm_at<ldT>(col, tok); };
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -248,13 +320,14 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     const float* u_starts = a.u_start + bh * d.nseg * a.u_seg_stride;
     const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
 
-    stream::arrange_projection<D>(wpu, wp);
-    stream::arrange_planes_out<D>(wpd, wp);
+    noncausal::arrange_projection<T, D>(wpu, wp);
+    noncausal::arrange_planes_out<D>(wpd, wp);
     // The states after the segment: the next segment's start states, or after the shard's end.
     const bool last = seg + 1 == d.nseg;
-    S.load(last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
-    U.load(last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
-    for (int i = threadIdx.x; i < Lay::kRows * ldV; i += blockDim.x) vT[i] = from_float<T>(0.0f);  // rows D+1.. stay 0
+    load_state<D, ldS, ldv>(S, Sb, last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
+    load_state<D, ldS, ldv>(U, Ub, last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
+    noncausal::zero_rows_padding<D, ldv>(vt, kChunk);
+    noncausal::zero_rows_padding<D, ldv>(gt, kChunk);
     __syncthreads();
 
     double dbeta = 0.0;
@@ -262,191 +335,159 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     // The warp's tile of chunk ci: its rows and its first row (clamped into the segment).
     auto tile_rows = [&](int ci) { return max(0, min(kTile, blk.end - (blk.begin + ci * kChunk + kTile * tile))); };
     auto tile_row = [&](int ci) { return blk.row_of(min(blk.begin + ci * kChunk + kTile * tile, blk.end - 1)); };
-    // The warp's q or k rows, which step 1 needs first. v26: those of the next chunk to walk are
-    // loaded at the end of step 4, so that they are in flight during U's update and the barrier.
+    // The features' order in the states: lane t's bucket b of a row.
+    auto state_col_d = [&](const float* x, int b) { return x[feature_pos(kR * t + b) * ldS + D]; };
+    // Column D of a state by the C tiles over features: n-tile nf, element e.
+    auto col_d_at = [&](const float* x, int nf, int e) { return x[(8 * nf + 2 * t + e % 2) * ldS + D]; };
+    const float one[2] = {1.0f, 1.0f};
+    // The warp's q or k rows, which step 1 needs first; v26: loaded at the end of step 4.
     Rows<T, D> x1;
     x1.load(queries ? a.q : a.k, tile_row(chunks - 1), row_stride, tile_rows(chunks - 1));
     for (int ci = chunks - 1; ci >= 0; --ci) {
         const int n = tile_rows(ci);
         const long long row0 = tile_row(ci);
         const int col0 = kTile * tile;
-        // 1. Features; queries keep dout (x2) for step 3, keys v.
+        // 1. Features; queries keep dout (x2) for steps 3 and 4, keys v for step 3.
         float u[2][kP], phi[2][kR];
         Rows<T, D> x2;
-        {
-            x2.load(queries ? a.dout : a.v, row0, row_stride, n);
-            if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
-            project<T, D, 1>(x1, wpu, u);
-            features(u, d.beta, n, phi);
-            put_features<ldT>(queries ? phiQT : phiKT, col0, phi);
-            if (!queries) stream::put_values_t<T, D, ldV>(vT, col0, x2, n);
+        x2.load(queries ? a.dout : a.v, row0, row_stride, n);
+        if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
+        warp16::project<T, D>(x1, wpu, u);
+        features(u, d.beta, n, phi);
+        if (!queries) {
+            put_features<ldp>(phiK, col0, phi, one);
+            put_rows<T, D, ldv>(vt, col0, x2);
+            const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
+            noncausal::put_column_d<D, ldv>(vt, col0, ones);
         }
-        __syncthreads();  // phiQT, phiKT, vT of the chunk
+        __syncthreads();  // phiK, [v, 1] of the chunk
 
         // 2. S before the chunk.
-        if (ci == 0) S.load(s_starts + seg * a.s_seg_stride);
-        else add_chunk<T, D, ldT, kChunk>(S.x, -1.0f, phiKT, vT, v_at);
+        if (ci == 0) load_state<D, ldS, ldv>(S, Sb, s_starts + seg * a.s_seg_stride);
+        else add_chunk<D, ldS, ldp, ldv, kChunk>(S, Sb, -1.0f, phiK, vt);
         __syncthreads();  // S
 
-        // 3. Queries: Wm. Keys: the state terms of dL/dphi(k) (dph) and dv (wide).
-        float wide[NTW][4] = {};  // queries: Wm; keys: dv (tiles 0 .. NTD - 1)
-        float dph[8][4] = {};     // dL/dphi as C tiles over features (by_columns order)
+        // 3. Queries: den, the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
+        float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
+        float dv[NTD][4] = {};  // keys
+        float inv[2], c[2];     // queries: 1 / den, -(G . o)
+        const int i8 = lane_id() % 8, j8 = lane_id() / 8;  // ldmatrix: lane 8 j8 + i8 addresses row i8 of block j8
         if (queries) {
-            // The lane's part of den: phi(q) S[:, D] (C column D: lane t = 0, elements 0 and 2),
-            // then each block's row sums.
+            std::uint32_t qa[4][4];  // phi(q) as A fragments over the features
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) warp16::feature_frag(phi, ks, qa[ks]);
             float den[2];
-            {
-                float col[2][4] = {};  // even and odd k-steps
 #pragma unroll
-                for (int ks = 0; ks < 8; ++ks) {
-                    std::uint32_t af[4], b0, b1;
-                    feature_frag(phi, ks, af);
-                    S.by_features(ks, NTD, b0, b1);
-                    mma(col[ks % 2], af, b0, b1);
-                }
-                den[0] = col[0][0] + col[1][0], den[1] = col[0][2] + col[1][2];
+            for (int r = 0; r < 2; ++r) {
+                float z = 0.0f;
+#pragma unroll
+                for (int b = 0; b < kR; ++b) z += phi[r][b] * state_col_d(S, b);
+                den[r] = z;
             }
-            for (int j = 0; j <= tile; ++j) {
-                float half[2][2][4] = {};  // phi(q) phi(k_j)^T over even and odd k-steps
+            float pk[Lay::kTiles][2][4];  // phi(q) phi(k_j)^T, masked
 #pragma unroll
-                for (int ks = 0; ks < 8; ++ks) {
-                    std::uint32_t af[4];
-                    feature_frag(phi, ks, af);
+            for (int j = 0; j < Lay::kTiles; ++j) {
+                if (j > tile) continue;
+                float half[2][2][4] = {};  // even and odd k-steps (v23)
 #pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        const int key = kTile * j + 8 * nt + g;
-                        mma(half[ks % 2][nt], af, __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 0), key)]),
-                            __float_as_uint(phiKT[phi_at<ldT>(feat_of(t, ks, 1), key)]));
-                    }
+                for (int ks = 0; ks < 4; ++ks) {
+                    std::uint32_t b[4];  // phi(k_j) with k along the features: keys 8 (j8 / 2) + i8
+                    ldmatrix(b, phiK + (kTile * j + i8 + 8 * (j8 / 2)) * ldp + 16 * ks + 8 * (j8 % 2));
+                    warp16::mma(half[ks % 2][0], qa[ks], make_uint2(b[0], b[1]));
+                    warp16::mma(half[ks % 2][1], qa[ks], make_uint2(b[2], b[3]));
                 }
-                float att[2][4];
-                stream::halves_sum(half, att);
-                if (j == tile) stream::mask_diagonal(att);
-                put_block<ldP>(pairs + (2 * pair_of(tile, j)) * kBlock, att);
+                stream::halves_sum(half, pk[j]);
+                if (j == tile) stream::mask_diagonal(pk[j]);
 #pragma unroll
-                for (int r = 0; r < 2; ++r) den[r] += att[0][2 * r] + att[0][2 * r + 1] + att[1][2 * r] + att[1][2 * r + 1];
+                for (int r = 0; r < 2; ++r) den[r] += pk[j][0][2 * r] + pk[j][0][2 * r + 1] + pk[j][1][2 * r] + pk[j][1][2 * r + 1];
             }
 #pragma unroll
-            for (int r = 0; r < 2; ++r) den[r] = sum_over_t(den[r]);
+            for (int r = 0; r < 2; ++r) {
+                const float whole = sum_over_t(den[r]);  // on every lane: a shuffle of the whole warp
+                inv[r] = g + 8 * r < n ? 1.0f / whole : 0.0f;
+            }
             {
                 Rows<T, D> xo;
                 stage_o.read(xo);
-                stream::gradient_from_output<T, D>(x2, xo, den, n, wide);
+                minus_dots(x2, xo, c);
             }
-            put_wm<D, ldT>(wmT, col0, wide);
+#pragma unroll
+            for (int j = 0; j < Lay::kTiles; ++j) {
+                if (j > tile) continue;
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) pk[j][nt][e] *= inv[e / 2];
+                put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
+            }
+            put_features<ldp>(phiQ, col0, phi, inv);
+            put_rows<T, D, ldv>(gt, col0, x2);
+            noncausal::put_column_d<D, ldv>(gt, col0, c);
             for (int j = 0; j <= tile; ++j) {
-                float half[2][2][4] = {};  // Wm [v_j, 1]^T over even and odd k-steps
+                float half[2][2][4] = {};  // G . v_j over even and odd k-steps
 #pragma unroll
-                for (int ks = 0; ks < NTW; ++ks) {
-                    std::uint32_t af[4];
-                    c_as_a(wide[ks], af);  // already TF32: Wm's C tile ks as k-step ks over columns
-#pragma unroll
-                    for (int nt = 0; nt < 2; ++nt) {
-                        const int key = kTile * j + 8 * nt + g;
-                        mma(half[ks % 2][nt], af, value_bits(vT, v_at(in_col<D>(ks, t, 0), key)),
-                            value_bits(vT, v_at(in_col<D>(ks, t, 1), key)));
-                    }
+                for (int ks = 0; ks < KSD; ++ks) {
+                    std::uint32_t af[4], b[4];
+                    warp16::rows_frag_bf16<T, D>(x2, ks, af);
+                    ldmatrix(b, vt + (kTile * j + i8 + 8 * (j8 / 2)) * ldv + 16 * ks + 8 * (j8 % 2));
+                    warp16::mma(half[ks % 2][0], af, make_uint2(b[0], b[1]));
+                    warp16::mma(half[ks % 2][1], af, make_uint2(b[2], b[3]));
                 }
                 float att[2][4];
                 stream::halves_sum(half, att);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) att[nt][e] += c[e / 2];
                 if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
         } else {
-            // dv = phi(k) U[:, :D].
+            // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
+            times_state<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
+            times_state_t<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
 #pragma unroll
-            for (int ks = 0; ks < 8; ++ks) {
-                std::uint32_t af[4];
-                feature_frag(phi, ks, af);
+            for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
-                for (int nt = 0; nt < NTD; ++nt) {
-                    std::uint32_t b0, b1;
-                    U.by_features(ks, nt, b0, b1);
-                    mma(wide[nt], af, b0, b1);
-                }
-            }
-            float odd[8][4] = {};  // odd k-steps apart: two chains of 9 links instead of one of 17
-#pragma unroll
-            for (int ks = 0; ks < NTW; ++ks) {
-                std::uint32_t af[4];
-                values_frag<T, D>(x2, ks, n, af);
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    std::uint32_t b0, b1;
-                    U.by_columns(ks, nt, b0, b1);
-                    mma(ks % 2 ? odd[nt] : dph[nt], af, b0, b1);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) dph[nt][e] += odd[nt][e];
+                for (int e = 0; e < 4; ++e) dph[nf][e] += col_d_at(U, nf, e);
         }
-        __syncthreads();  // Wm^T
+        __syncthreads();  // the blocks, phiQ, [G, c]
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
-        const float one[2] = {1.0f, 1.0f};
         if (queries) {
-            float odd[8][4] = {};  // odd k-steps apart: two chains of 9 links instead of one of 17
-#pragma unroll
-            for (int ks = 0; ks < NTW; ++ks) {
-                std::uint32_t af[4];
-                c_as_a(wide[ks], af);
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    std::uint32_t b0, b1;
-                    S.by_columns(ks, nt, b0, b1);
-                    mma(ks % 2 ? odd[nt] : dph[nt], af, b0, b1);
-                }
-            }
+            times_state_t<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
             for (int j = 0; j <= tile; ++j) {
-#pragma unroll
-                for (int nt = 0; nt < 2; ++nt) {
-                    std::uint32_t af[4];
-                    block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, nt, af);  // Wm [v_j, 1]^T
-                    const int key = kTile * j + 8 * nt + 2 * t;
-#pragma unroll
-                    for (int nf = 0; nf < 8; ++nf)
-                        mma(nt ? odd[nf] : dph[nf], af, *reinterpret_cast<const float2*>(phiKT + phi_at<ldT>(kR * (g / 2) + 2 * nf + g % 2, key)));
-                }
+                std::uint32_t af[4];
+                block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, af);  // G . v_j + c
+                times_tile<8, ldp>(af, phiK + kTile * j * ldp, dph);
             }
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
+            for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) dph[nt][e] += odd[nt][e];
+                for (int e = 0; e < 4; ++e) dph[nf][e] = (dph[nf][e] + c[e / 2] * col_d_at(S, nf, e)) * inv[e / 2];
             float dphi[2][kR], dz[2][kP], dq[NTD][4];
             stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
-            planes_out<D>(dz, wpd, dq);
+            warp16::planes_out<D>(dz, wpd, dq);
             store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
         } else {
             for (int i = tile; i < Lay::kTiles; ++i) {
-                const float* kq = pairs + 2 * pair_of(i, tile) * kBlock;  // phi(q_i) phi(k)^T
-                const float* vw = kq + kBlock;                          // Wm_i [v, 1]^T
-#pragma unroll
-                for (int nq = 0; nq < 2; ++nq) {
-                    const int query = kTile * i + 8 * nq + 2 * t;
-                    std::uint32_t af[4];
-                    block_for_keys<ldP>(vw, nq, af);
-#pragma unroll
-                    for (int nf = 0; nf < 8; ++nf)
-                        mma(dph[nf], af, *reinterpret_cast<const float2*>(phiQT + phi_at<ldT>(kR * (g / 2) + 2 * nf + g % 2, query)));
-                    block_for_keys<ldP>(kq, nq, af);
-#pragma unroll
-                    for (int nt = 0; nt < NTD; ++nt)
-                        mma(wide[nt], af, *reinterpret_cast<const float2*>(wmT + wm_at<ldT>(out_col<D>(nt, g), query)));
-                }
+                std::uint32_t af[4];
+                block_for_keys<ldP>(pairs + 2 * pair_of(i, tile) * kBlock, af);  // phi(k) phi(q_i)^T / den_i
+                times_tile<NTD, ldv>(af, gt + kTile * i * ldv, dv);
+                block_for_keys<ldP>(pairs + (2 * pair_of(i, tile) + 1) * kBlock, af);  // v . G_i + c_i
+                times_tile<8, ldp>(af, phiQ + kTile * i * ldp, dph);
             }
             float dphi[2][kR], dz[2][kP], dk[NTD][4];
             stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
-            store_rows<T, D>(a.dv, row0, row_stride, n, wide, one);
-            planes_out<D>(dz, wpd, dk);
+            store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
+            warp16::planes_out<D>(dz, wpd, dk);
             store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
         }
         if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
-        add_chunk<float, D, ldT, kChunk>(U.x, 1.0f, phiQT, wmT, w_at);
-        __syncthreads();  // U; phiQT, phiKT, vT, Wm^T read before the next chunk's step 1
+        add_chunk<D, ldS, ldp, ldv, kChunk>(U, Ub, 1.0f, phiQ, gt);
+        __syncthreads();  // U; the chunk's tiles read before the next chunk's step 1
     }
 
     const double s = block_sum(dbeta, red, Lay::kWarps);

@@ -10,7 +10,7 @@
 // The key totals are the same sums in every mode, so that pass serves causal and bucket runs
 // too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes. The causal forward
 // (v34, stream_causal.cuh) and query totals (v35, stream_causal_totals.cuh) use this file's
-// tiles and StateSlice too; v12, the causal backward, keeps TF32 operands.
+// tiles and StateSlice too; the causal backward (v38) its ldmatrix loads.
 //
 // Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
 // totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the
@@ -244,6 +244,16 @@ __device__ __forceinline__ void ldmatrix_t(std::uint32_t (&r)[2], const bf16* p)
     const auto at = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];"
                  : "=r"(r[0]), "=r"(r[1])
+                 : "r"(at)
+                 : "memory");
+}
+
+// ldmatrix without .trans: register j gets row g, columns 2t, 2t + 1 of block j, i.e. the
+// fragment of an operand whose k runs along the rows' 16 bytes (v38, the causal backward).
+__device__ __forceinline__ void ldmatrix(std::uint32_t (&r)[4], const bf16* p) {
+    const auto at = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(at)
                  : "memory");
 }

@@ -1,5 +1,5 @@
-// Warp-level building blocks of the warp-tile kernels (stream_*.cuh; the TF32 ones: v12, the
-// causal backward, and the causal query totals' normaliser): one warp owns a tile of 16 tokens
+// Warp-level building blocks of the warp-tile kernels (stream_*.cuh; the TF32 products: the
+// causal query totals' normaliser; the 16-bit ones: warp_tiles16.cuh): one warp owns a tile of 16 tokens
 // and keeps every per-token quantity in registers, in the operand layouts of the TF32
 // tensor-core instruction mma.sync.m16n8k8 (PTX ISA, "Matrix fragments for mma.m16n8k8"):
 // lane = 4 g + t holds rows g and g + 8 of A and C, column t (and t + 4) of A, column 2t, 2t + 1
@@ -48,27 +48,15 @@ __device__ __forceinline__ void mma(float (&d)[4], const std::uint32_t (&a)[4], 
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ void mma(float (&d)[4], const std::uint32_t (&a)[4], float2 b) {
-    mma(d, a, __float_as_uint(b.x), __float_as_uint(b.y));
-}
 
 // The physical column of C's n-tile `nt` column j (0..7) over D columns (+ the extra column).
 template <int D>
 __host__ __device__ inline int out_col(int nt, int j) {
     return nt < D / 8 ? 32 * (nt / 4) + 8 * (j / 2) + 2 * (nt % 4) + j % 2 : D + j;
 }
-// The physical column of A's k-step `ks` over D (+1) columns, for lane column t (h = 0: k = t,
-// h = 1: k = t + 4): the two neighbours 2c, 2c + 1 of the lane's row-layout vector.
-template <int D>
-__host__ __device__ inline int in_col(int ks, int t, int h) {
-    return ks < D / 8 ? 32 * (ks / 4) + 8 * t + 2 * (ks % 4) + h : D + 2 * t + h;
-}
 // The projection's column n of n-tile nt (0, 1) is plane 2 nt + n % 2 of table n / 2, so that C's
 // lane (g, t) gets table t's four planes: (nt 0: planes 0, 1; nt 1: planes 2, 3).
 __host__ __device__ inline int proj_col(int nt, int n) { return 4 * (n / 2) + 2 * nt + n % 2; }
-// The feature of A's k-step ks (k = t: h = 0, k = t + 4: h = 1) and of C's n-tile nt column
-// 2t + h: table t, bucket 2 ks + h (or 2 nt + h); of B's column n = g: table g / 2, bucket 2 nt + g % 2.
-__host__ __device__ inline int feat_of(int t, int ks, int h) { return kR * t + 2 * ks + h; }
 
 // Sum over the four lanes t of the lane's row group g (a row's tables, or its C columns).
 __device__ __forceinline__ float sum_over_t(float x) {
@@ -154,44 +142,6 @@ __device__ __forceinline__ void store_rows(T* base, long long row0, long long ro
     }
 }
 
-// u = tanh(x Wp^T) for the lane's rows and table t: u[r][p]. `wpu` holds Wp^T in fragment order
-// (stream_kernels.cuh, arrange_projection): k-step ks, n-tile nt at wpu[(ks * 2 + nt) * 32 + lane].
-// With kChains = 2 (v24) the D / 8 k-steps accumulate even and odd apart: two dependent chains of
-// D / 16 links per n-tile instead of one of D / 8. The causal totals and v12 keep one chain: at
-// their register limits the second cost them more than it saved (gpu-notes.md, v24).
-template <class T, int D, int kChains = 2>
-__device__ __forceinline__ void project(const Rows<T, D>& x, const float2* wpu, float (&u)[2][kP]) {
-    float acc[kChains][2][4] = {};  // [k-step parity][n-tile]
-#pragma unroll
-    for (int s = 0; s < D / 32; ++s) {
-        float f0[8], f1[8];
-        x.floats(0, s, f0);
-        x.floats(1, s, f1);
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-            // bf16 / fp16 values are exact in TF32: no rounding.
-            const std::uint32_t a[4] = {__float_as_uint(f0[2 * c]), __float_as_uint(f1[2 * c]),
-                                        __float_as_uint(f0[2 * c + 1]), __float_as_uint(f1[2 * c + 1])};
-            const int ks = 4 * s + c;
-            mma(acc[c % kChains][0], a, wpu[(ks * 2 + 0) * 32 + lane_id()]);
-            mma(acc[c % kChains][1], a, wpu[(ks * 2 + 1) * 32 + lane_id()]);
-        }
-    }
-#pragma unroll
-    for (int h = 1; h < kChains; ++h)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[0][nt][e] += acc[h][nt][e];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        u[r][0] = tanhf(acc[0][0][2 * r]);
-        u[r][1] = tanhf(acc[0][0][2 * r + 1]);
-        u[r][2] = tanhf(acc[0][1][2 * r]);
-        u[r][3] = tanhf(acc[0][1][2 * r + 1]);
-    }
-}
-
 // phi[r][b]: the 16 features of table t for the lane's row r (bucket b: plane p's bit is
 // (b >> (P-1-p)) & 1), the same floored bit probabilities as block_ops' feature_map. v33: one
 // exponential and one reciprocal per plane (with e = exp(-|y|), sigma(|y|) = 1 / (1 + e) and
@@ -234,31 +184,6 @@ __device__ __forceinline__ void feature_frag(const float (&phi)[2][kR], int ks, 
     a[3] = tf32(phi[1][2 * ks + 1]);
 }
 
-// A fragment of k-step ks over the D + 1 columns of [x, 1] (in_col order) from rows in the row
-// layout; the extra k-step holds the ones column for the tile's n valid rows.
-template <class T, int D>
-__device__ __forceinline__ void values_frag(const Rows<T, D>& x, int ks, int n, std::uint32_t (&a)[4]) {
-    const unsigned g = lane_id() / 4, t = lane_id() % 4;
-    if (ks < D / 8) {
-        float f0[8], f1[8];
-        x.floats(0, ks / 4, f0);
-        x.floats(1, ks / 4, f1);
-        const int c = ks % 4;
-        a[0] = __float_as_uint(f0[2 * c]), a[1] = __float_as_uint(f1[2 * c]);
-        a[2] = __float_as_uint(f0[2 * c + 1]), a[3] = __float_as_uint(f1[2 * c + 1]);
-    } else {
-        a[0] = __float_as_uint(t == 0 && static_cast<int>(g) < n ? 1.0f : 0.0f);
-        a[1] = __float_as_uint(t == 0 && static_cast<int>(g) + 8 < n ? 1.0f : 0.0f);
-        a[2] = a[3] = 0u;
-    }
-}
-
-// A C tile (16 x 8) as the A fragment of the next product's k-step over its 8 columns, rounded
-// to TF32: k = t is C's column 2t, k = t + 4 column 2t + 1, so the B operand pairs neighbours.
-__device__ __forceinline__ void c_as_a(const float (&c)[4], std::uint32_t (&a)[4]) {
-    a[0] = tf32(c[0]), a[1] = tf32(c[2]), a[2] = tf32(c[1]), a[3] = tf32(c[3]);
-}
-
 // Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward's
 // formulas, its sums in another order): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to
 // TF32: read only as the operand of dz Wp); returns the lane's part of dL/dbeta.
@@ -299,21 +224,6 @@ __device__ __forceinline__ double features_backward(const float (&u)[2][kP], con
         }
     }
     return dbeta;
-}
-
-// out (16 x D, C tiles in the row layout) = dz Wp: `wpd` holds Wp in fragment order
-// (arrange_planes_out): k-step ks (planes 2ks, 2ks+1 of table t), n-tile nt at wpd[(ks * D/8 + nt) * 32 + lane].
-template <int D>
-__device__ __forceinline__ void planes_out(const float (&dz)[2][kP], const float2* wpd, float (&out)[D / 8][4]) {
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) out[nt][0] = out[nt][1] = out[nt][2] = out[nt][3] = 0.0f;
-#pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
-        const std::uint32_t a[4] = {__float_as_uint(dz[0][2 * ks]), __float_as_uint(dz[1][2 * ks]),
-                                    __float_as_uint(dz[0][2 * ks + 1]), __float_as_uint(dz[1][2 * ks + 1])};
-#pragma unroll
-        for (int nt = 0; nt < D / 8; ++nt) mma(out[nt], a, wpd[(ks * (D / 8) + nt) * 32 + lane_id()]);
-    }
 }
 
 // Sum of a double over the block's warps in a fixed order (deterministic); `red` holds one
