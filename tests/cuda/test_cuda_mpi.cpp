@@ -131,8 +131,12 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl, 
     EXPECT_LT(global_rel(got.dv, ref.dv), gtol) << "dv";
     // dbeta is one float64 sum over every token of float32 per-block parts whose rounding depends on
     // where segments start, which moves with the shard boundaries: measured 1.03e-5 relative at 2
-    // and 4 ranks (causal, kernel) on H200s, so 1e-4 here; outputs and gradients stay at 1e-5.
-    EXPECT_NEAR(got.dbeta, dbeta_ref, std::max(gtol, 1e-4) * std::max(1.0, std::abs(dbeta_ref)));
+    // and 4 ranks (causal, kernel) on H200s, so 1e-4 here; outputs and gradients stay at 1e-5. In
+    // bf16 the per-token terms carry the bf16 operands' rounding too, which the boundaries also move
+    // (v38's causal backward: 1.26e-2 at 2 ranks, gpu-notes.md v39): 2e-2, as CudaFixedSizes holds
+    // two 16-bit runs, each of them held to 2e-2 of float64 by CudaVsReference.
+    const double btol = dt == DType::f32 ? std::max(gtol, 1e-4) : 2e-2;
+    EXPECT_NEAR(got.dbeta, dbeta_ref, btol * std::max(1.0, std::abs(dbeta_ref)));
 }
 
 class GpuRanks : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
