@@ -16,7 +16,7 @@
 //   U += sum_i (phi(q_i) / den_i)^T [G_i, c_i]:
 // the rows G and v stay the exact 16-bit operands they are and 1 / den scales the features (as
 // the non-causal query totals since v27), so the parts of Wm that nearly cancel are rounded alike
-// (fp16 rows: G . o from G rounded to bf16, as the products take it).
+// (fp16 rows: G . o from G rounded to bf16, as the products take it: stream::row_dots).
 // Warps 0-3 take the queries of tile w, warps 4-7 the keys of tile w - 4. Per chunk:
 //   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; barrier;
 //   2. all: S minus the chunk's keys (each warp a slice of the state); barrier;
@@ -116,28 +116,6 @@ __device__ __forceinline__ void put_rows(bf16* tile, int col0, const warp::Rows<
             for (int m = 0; m < 4; ++m)
                 *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldv + 32 * s + 8 * m + 2 * t) =
                     warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
-}
-
-// -(G . o) for the lane's two rows, with G as the products read it (bf16; fp16 rows rounded), so
-// that c_i and the products G_i . v_j, G_i S^T, whose difference is taken, see the same G.
-template <class T, int D>
-__device__ __forceinline__ void minus_dots(const warp::Rows<T, D>& xg, const warp::Rows<T, D>& xo, float (&out)[2]) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float go = 0.0f;
-#pragma unroll
-        for (int s = 0; s < D / 32; ++s) {
-            const uint4 w = xg.x[r][s];
-            float gr[8], orow[8];
-            unpack16<bf16>(make_uint4(warp16::as_bf16<T>(w.x), warp16::as_bf16<T>(w.y), warp16::as_bf16<T>(w.z),
-                                      warp16::as_bf16<T>(w.w)),
-                           gr);
-            xo.floats(r, s, orow);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) go += gr[j] * orow[j];
-        }
-        out[r] = -warp::sum_over_t(go);
-    }
 }
 
 // A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb.
@@ -409,8 +387,10 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             {
                 Rows<T, D> xo;
                 stage_o.read(xo);
-                minus_dots(x2, xo, c);
+                stream::row_dots(x2, xo, c);
             }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) c[r] = -c[r];
 #pragma unroll
             for (int j = 0; j < Lay::kTiles; ++j) {
                 if (j > tile) continue;

@@ -7,6 +7,7 @@
 
 #include "segment_kernel.cuh"
 #include "warp_tiles.cuh"
+#include "warp_tiles16.cuh"
 
 namespace racesp::cuda {
 
@@ -77,7 +78,9 @@ __device__ __forceinline__ void halves_sum(const float (&half)[2][2][4], float (
         for (int e = 0; e < 4; ++e) c[nt][e] = half[0][nt][e] + half[1][nt][e];
 }
 
-// G . o for the lane's two rows (on every lane of the row's group).
+// G . o for the lane's two rows (on every lane of the row's group), with G as the tensor cores
+// take it (bf16; fp16 rows rounded to bf16): the passes subtract G . o from products of G's
+// operands (G . v_j, G S^T), and the difference is only right when both see the same G (v38).
 template <class T, int D>
 __device__ __forceinline__ void row_dots(const warp::Rows<T, D>& xg, const warp::Rows<T, D>& xo, float (&out)[2]) {
 #pragma unroll
@@ -85,8 +88,11 @@ __device__ __forceinline__ void row_dots(const warp::Rows<T, D>& xg, const warp:
         float go = 0.0f;
 #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
+            const uint4 w = xg.x[r][s];
             float gr[8], orow[8];
-            xg.floats(r, s, gr);
+            unpack16<__nv_bfloat16>(make_uint4(warp16::as_bf16<T>(w.x), warp16::as_bf16<T>(w.y), warp16::as_bf16<T>(w.z),
+                                               warp16::as_bf16<T>(w.w)),
+                                    gr);
             xo.floats(r, s, orow);
 #pragma unroll
             for (int j = 0; j < 8; ++j) go += gr[j] * orow[j];
