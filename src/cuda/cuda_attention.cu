@@ -397,7 +397,10 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
     const auto& values = planes.values();
     m.planes.reserve(values.size());
-    CUDA_CHECK(cudaMemcpy(m.planes.data(), values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice));
+    // On the engine's stream: a plain cudaMemcpy from pageable memory may return before the data
+    // lands, and the legacy default stream does not order the non-blocking stream's kernels.
+    CUDA_CHECK(cudaMemcpyAsync(m.planes.data(), values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice,
+                               m.stream));
     m.dbeta_sum.reserve(1);
 }
 

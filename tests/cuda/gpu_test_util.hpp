@@ -45,6 +45,12 @@ inline float round_to(cuda::DType t, float x) {
     return x;
 }
 
+// Waits for the legacy default stream's writes. The engine computes on its own non-blocking stream,
+// which a cudaMemset or a cudaMemcpy from pageable memory does not order against, and both may
+// return before their data lands: a poison landing after the forward wrote o made o NaN once
+// (gpu-notes.md, "A failure seen once"). Every host-side write below ends with it.
+inline void device_writes_done() { GPU_CHECK(cudaDeviceSynchronize()); }
+
 // A device tensor owning its memory.
 class GpuTensor {
 public:
@@ -65,9 +71,13 @@ public:
             else { auto h = __float2half(x[i]); std::memcpy(&buf[i * 2], &h, 2); }
         }
         if (bytes_) GPU_CHECK(cudaMemcpy(data_, buf.data(), bytes_, cudaMemcpyHostToDevice));
+        device_writes_done();
     }
     // NaN everywhere, so an element the kernels never write fails the comparison.
-    void poison() { if (bytes_) GPU_CHECK(cudaMemset(data_, 0xff, bytes_)); }
+    void poison() {
+        if (bytes_) GPU_CHECK(cudaMemset(data_, 0xff, bytes_));
+        device_writes_done();
+    }
     std::vector<float> download() const {
         std::vector<unsigned char> buf(bytes_);
         if (bytes_) GPU_CHECK(cudaMemcpy(buf.data(), data_, bytes_, cudaMemcpyDeviceToHost));

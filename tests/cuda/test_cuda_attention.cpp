@@ -331,6 +331,7 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
                             }
                             GPU_CHECK(cudaMemcpy(d[s].data(), acc.data(), ssize * 8, cudaMemcpyHostToDevice));
                         }
+                        testgpu::device_writes_done();
                     };
                     combine(hs, S, false);
                     std::vector<std::unique_ptr<GpuTensor>> to;  // each shard's o, read by its backward
