@@ -118,69 +118,99 @@ __device__ __forceinline__ void put_rows(bf16* tile, int col0, const warp::Rows<
                     warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
 }
 
-// A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb.
+// A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb. The
+// loads go out in batches of 8 per thread before their stores (v41: one global latency per batch;
+// element by element, the two loads at the start and the one at the segment's first chunk were
+// ~5% of the kernel's stall samples).
 template <int D, int ldS, int ldv>
 __device__ void load_state(float* x, bf16* xb, const float* src) {
-    for (int e = threadIdx.x; e < warp::kM * (D + 1); e += blockDim.x) {
-        const int f = feature_pos(e / (D + 1)), c = e % (D + 1);
-        const float v = __ldg(src + e);
-        if (c < D) {
-            x[f * ldS + column_pos(c)] = v;
-            xb[f * ldv + column_pos(c)] = __float2bfloat16(v);
-        } else {
-            x[f * ldS + D] = v;
+    constexpr int kBatch = 8, kSize = warp::kM * (D + 1);
+    for (int e0 = threadIdx.x; e0 < kSize; e0 += kBatch * blockDim.x) {
+        float v[kBatch];
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            const int e = e0 + k * blockDim.x;
+            v[k] = e < kSize ? __ldg(src + e) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < kBatch; ++k) {
+            const int e = e0 + k * blockDim.x;
+            if (e >= kSize) continue;
+            const int f = feature_pos(e / (D + 1)), c = e % (D + 1);
+            if (c < D) {
+                x[f * ldS + column_pos(c)] = v[k];
+                xb[f * ldv + column_pos(c)] = __float2bfloat16(v[k]);
+            } else {
+                x[f * ldS + D] = v[k];
+            }
         }
     }
 }
 
-// x (float32) and its bf16 copy xb += sign * phi^T rows over the chunk: the warp w of 8 takes the
-// state's m-tile w % 4 and half of its n-tiles (w / 4); column D is the sum of the rows' two parts.
-template <int D, int ldS, int ldp, int ldv, int kChunk>
-__device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows) {
-    constexpr int NTW = D / 8 + 1, kS = (NTW + 1) / 2;
-    const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+// x (float32) and its bf16 copy xb += sign * phi^T rows over the chunk, the warp's part: m-tile
+// mt of the state and the n-tiles from kHalf * kS on (column D's, the last, is the sum of the rows'
+// two parts). v41: the n-tiles are compile-time constants, so the loop and the read-modify-write
+// have no branches, and the float32 loads go out together before the sums and stores (with the
+// half chosen at run time, each n-tile had its own branches and its load's full latency: the two
+// calls were ~30% of the kernel's stall samples).
+template <int D, int ldS, int ldp, int ldv, int kChunk, int kHalf>
+__device__ __forceinline__ void add_chunk_half(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows, int mt) {
+    constexpr int NTW = D / 8 + 1, kS = (NTW + 1) / 2, nt0 = kHalf * kS;
+    constexpr int kCount = NTW - nt0 < kS ? NTW - nt0 : kS;
+    constexpr bool kColumnD = nt0 + kCount == NTW;  // the last n-tile is column D's
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
-    const int mt = w % 4, nt0 = (w / 4) * kS;
     // ldmatrix.trans, k the token: A's blocks tokens + 8 (j / 2), features + 8 (j % 2); B's
     // tokens + 8 (j % 2), n-tile + j / 2.
     const bf16* a_at = phi + (i + 8 * (j / 2)) * ldp + 16 * mt + 8 * (j % 2);
     const bf16* b_at = rows + (i + 8 * (j % 2)) * ldv + 8 * (nt0 + j / 2);
-    float acc[kS][4] = {};
+    float acc[kCount][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kChunk / 16; ++kk) {
         std::uint32_t a[4];
         ldmatrix_t(a, a_at + 16 * kk * ldp);
 #pragma unroll
-        for (int s = 0; s < kS; s += 2) {
-            if (s + 1 < kS && nt0 + s + 1 < NTW) {
-                std::uint32_t b[4];
-                ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
-                warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
-                warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
-            } else if (nt0 + s < NTW) {
-                std::uint32_t b[2];
-                ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
-                warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
-            }
+        for (int s = 0; s + 1 < kCount; s += 2) {
+            std::uint32_t b[4];
+            ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
+            warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
+        }
+        if constexpr (kCount % 2 == 1) {
+            std::uint32_t b[2];
+            ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * (kCount - 1));
+            warp16::mma(acc[kCount - 1], a, make_uint2(b[0], b[1]));
         }
     }
+    constexpr int kFull = kColumnD ? kCount - 1 : kCount;  // n-tiles of the D columns
+    float2 old[kFull][2];
 #pragma unroll
-    for (int s = 0; s < kS; ++s) {
-        const int nt = nt0 + s;
-        if (nt >= NTW) continue;
+    for (int s = 0; s < kFull; ++s)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            old[s][h] = *reinterpret_cast<const float2*>(x + (16 * mt + g + 8 * h) * ldS + 8 * (nt0 + s) + 2 * t);
+#pragma unroll
+    for (int s = 0; s < kFull; ++s)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int f = 16 * mt + g + 8 * h;
-            if (nt < NTW - 1) {
-                float2& v = *reinterpret_cast<float2*>(x + f * ldS + 8 * nt + 2 * t);
-                v.x += sign * acc[s][2 * h];
-                v.y += sign * acc[s][2 * h + 1];
-                *reinterpret_cast<std::uint32_t*>(xb + f * ldv + 8 * nt + 2 * t) = warp16::pack(v.x, v.y);
-            } else if (t == 0) {
-                x[f * ldS + D] += sign * (acc[s][2 * h] + acc[s][2 * h + 1]);
-            }
+            const float2 v = make_float2(old[s][h].x + sign * acc[s][2 * h], old[s][h].y + sign * acc[s][2 * h + 1]);
+            *reinterpret_cast<float2*>(x + f * ldS + 8 * (nt0 + s) + 2 * t) = v;
+            *reinterpret_cast<std::uint32_t*>(xb + f * ldv + 8 * (nt0 + s) + 2 * t) = warp16::pack(v.x, v.y);
         }
+    if constexpr (kColumnD) {
+        if (t == 0)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                x[(16 * mt + g + 8 * h) * ldS + D] += sign * (acc[kCount - 1][2 * h] + acc[kCount - 1][2 * h + 1]);
     }
+}
+// The whole block's sum: warp w takes m-tile w % 4 and half w / 4 of the n-tiles.
+template <int D, int ldS, int ldp, int ldv, int kChunk>
+__device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows) {
+    const int w = threadIdx.x / 32;
+    if (w < 4) add_chunk_half<D, ldS, ldp, ldv, kChunk, 0>(x, xb, sign, phi, rows, w % 4);
+    else add_chunk_half<D, ldS, ldp, ldv, kChunk, 1>(x, xb, sign, phi, rows, w % 4);
 }
 
 // acc[nt] += A X[:, :D] for the D columns' n-tiles, A's k-step ks over the features given by
