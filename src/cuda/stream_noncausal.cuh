@@ -344,17 +344,30 @@ struct StateSlice {
             for (int e = 0; e < 4; ++e)
                 acc[4 * FULL][e] = t == 0 && e % 2 == 0 ? __ldg(x + (16 * w + g + 8 * (e / 2)) * (D + 1) + D) : 0.0f;
     }
-    // The slice, rounded to bf16, into a state arranged by arrange_state (the inverse of its
-    // feature and out_col orders).
+    // The slice, rounded to bf16, into a state arranged by arrange_state: feature m, column col
+    // is bf16 e' of word (ks NTW + nt) 32 + 4 g' + t' with t' = m / 16, ks = m % 16 / 4,
+    // e' = m % 4, nt = 4 (col / 32) + col % 8 / 2, g' = 2 (col % 32 / 8) + col % 2 (col < D; column
+    // D: nt = NTD, g' = 0). For element e of tile (i, mt) that is the lane's base plus a constant
+    // (v42: each store had its own index arithmetic, ~15% of v10's stall samples).
     __device__ __forceinline__ void store_arranged(uint2* sa) const {
         constexpr int NTW = NTD + 1;
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
         bf16* out = reinterpret_cast<bf16*>(sa);
-        each([&](float v, int m, int col) {
-            const int t = m / warp::kR, ks = (m % warp::kR) / 4, e = m % 4;
-            const int nt = col < D ? 4 * (col / 32) + (col % 8) / 2 : NTD;
-            const int g = col < D ? 2 * ((col % 32) / 8) + col % 2 : col - D;
-            out[((ks * NTW + nt) * 32 + 4 * g + t) * 4 + e] = __float2bfloat16(v);
-        });
+        // m = 16 mt + g + 8 (e / 2), col = 8 (w + 8 i) + 2 t + e % 2.
+        bf16* base = out + ((g / 4) * NTW + 4 * (w / 4) + t) * 128 + 32 * (w % 4) + g % 4;
+#pragma unroll
+        for (int i = 0; i < FULL; ++i)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    base[(2 * (e / 2) * NTW + 8 * i) * 128 + 16 * (e % 2) + 4 * mt] = __float2bfloat16(acc[4 * i + mt][e]);
+        if (w < 4 && t == 0) {
+            // Column D (the sum of its two parts), m = 16 w + g + 8 h.
+            bf16* col_d = out + ((g / 4) * NTW + NTD) * 128 + 4 * w + g % 4;
+            col_d[0] = __float2bfloat16(acc[4 * FULL][0] + acc[4 * FULL][1]);
+            col_d[2 * NTW * 128] = __float2bfloat16(acc[4 * FULL][2] + acc[4 * FULL][3]);
+        }
     }
 };
 
