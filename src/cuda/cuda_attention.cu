@@ -220,10 +220,6 @@ struct Engine::Impl {
     template <class T, int D>
     void launch_causal_totals(dim3 grid, const SegmentArgs<T>& a) {
         using Lay = CausalTotalsLayout<T, D>;
-        // Two blocks per multiprocessor (v15) with v43's staged rows: 2 x 96 KB at D=128, which
-        // only the largest shared-memory carveout holds; asked for, not left to the driver.
-        CUDA_CHECK(cudaFuncSetAttribute(causal_totals_kernel<T, D>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        cudaSharedmemCarveoutMaxShared));
         go(causal_totals_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
     }
     template <class T, int D>

@@ -19,8 +19,6 @@
 //      tiles as rows (bf16; column D in two parts), as the non-causal query totals; barrier;
 //   3. each warp adds the chunk to its slice of U (registers, from zero; v35: bf16 operands read
 //      with ldmatrix.trans, stream_noncausal.cuh's StateSlice); barrier.
-// v43: each warp's q rows of the next chunk are copied into shared memory (cp.async) while the
-// chunk computes; loaded where they were used, their latency held ~17% of the stall samples.
 // The normaliser's products stay TF32. At most 128 registers: two blocks per multiprocessor
 // (v15; v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230
 // registers).
@@ -39,8 +37,8 @@ struct CausalTotalsLayout {
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
     static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
-    std::size_t wpu, zt, phi, rows, stage, total;
-    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phi(0), rows(0), stage(0), total(0) {
+    std::size_t wpu, zt, phi, rows, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phi(0), rows(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -51,7 +49,6 @@ struct CausalTotalsLayout {
         zt = take(kZRows * ldZ * sizeof(float));
         phi = take(kChunk * ldp * sizeof(__nv_bfloat16));
         rows = take(kChunk * ldv * sizeof(__nv_bfloat16));
-        stage = take(kWarps * warp::StagedRows<T, D>::kBytes);  // v43: the next chunk's q rows (96 KB in all at D=128)
         total = at;
     }
 };
@@ -84,7 +81,6 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     float* zt = reinterpret_cast<float*>(sm + lay.zt);
     bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
     bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
-    const StagedRows<T, D> stage_q{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * (StagedRows<T, D>::kBytes / 16)};
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -97,15 +93,13 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
     noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
     noncausal::StateSlice<D> u_slice;
-    auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - (c0 + kTile * warp_id))); };
-    auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
-    stage_q.fetch(a.q, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     __syncthreads();
 
     int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
-        const int n = tile_rows(c0);
-        const long long row0 = tile_row(c0);
+        const int t0 = c0 + kTile * warp_id;
+        const int n = max(0, min(kTile, seg_end - t0));
+        const long long row0 = blk.row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
         // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
         float phq[2][kR], diag[2];
@@ -127,9 +121,8 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
                                                warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
             }
             Rows<T, D> xq;
-            stage_q.read(xq);
+            xq.load(a.q, row0, row_stride, n);
             warp16::project<T, D>(xq, wpu, u);
-            if (c0 + kChunk < seg_end) stage_q.fetch(a.q, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features(u, d.beta, n, phq);
             // att = phi(q) phi(k)^T (bf16 operands, v35): B's column g of n-tile nt is key g + 8 nt.
             float att[2][4] = {};
