@@ -48,7 +48,7 @@ inline float round_to(cuda::DType t, float x) {
 // Waits for the legacy default stream's writes. The engine computes on its own non-blocking stream,
 // which a cudaMemset or a cudaMemcpy from pageable memory does not order against, and both may
 // return before their data lands: a poison landing after the forward wrote o made o NaN once
-// (gpu-notes.md, "A failure seen once"). Every host-side write below ends with it.
+// (gpu-notes.md, "The failure seen once"). Every host-side write below ends with it.
 inline void device_writes_done() { GPU_CHECK(cudaDeviceSynchronize()); }
 
 // A device tensor owning its memory.
