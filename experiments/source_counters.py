@@ -7,9 +7,10 @@ executions and stall samples. For each kernel (or those whose name contains --ke
 
   - warp instructions per warp, and per opcode their share, their share of the stall samples and
     their count per warp, then the stall reasons over the whole kernel;
-  - the SASS in ranges that end at each barrier (BAR.SYNC) or after --range instructions: share of
-    the stall samples, instructions and HMMA per warp (a warp's wait at a barrier is sampled on
-    the instruction after it, so it counts in the range that follows);
+  - the SASS in ranges that end at each barrier (BAR.SYNC, a named barrier's BAR.ARV too) or after
+    --range instructions: share of the stall samples, instructions and HMMA per warp (a warp's
+    wait at a barrier is sampled on the instruction after it, so it counts in the range that
+    follows); with a large --range, one range per stretch between barriers (v44's per role and step);
   - every instruction holding at least --hot percent of the samples, with its two main reasons.
 
 Per warp means over the whole launch: divide by the chunks a warp walks for per-chunk figures.
@@ -73,7 +74,7 @@ def report(name, header, rows, args):
         n += int(r[executed])
         if "HMMA" in r[1]:
             mma += int(r[executed])
-        if "BAR.SYNC" in r[1] or i == len(rows) - 1 or i - start + 1 >= args.range:
+        if "BAR.SYNC" in r[1] or "BAR.ARV" in r[1] or i == len(rows) - 1 or i - start + 1 >= args.range:
             print(f"{start:5d}-{i:5d}  {100 * s / sampled:5.1f}%  {n / warps:10.1f}  {mma / warps:9.1f}  {r[1].strip()[:40]}")
             start, s, n, mma = i + 1, 0, 0, 0
 

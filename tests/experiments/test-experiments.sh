@@ -49,17 +49,20 @@ header = '"Address","Source","Warp Stall Sampling (All Samples)","Instructions E
 rows = ['"0x0","      LDC R1, c[0x0][0x28]","10","4","10","0","0"',      # 4 warps
         '"0x10","      HMMA.16816.F32.BF16 R4, R8, R12, R4","60","8","50","10","0"',
         '"0x20","      BAR.SYNC.DEFER_BLOCKING 0x0","0","4","0","0","0"',
-        '"0x30","  @P0   BRA 0x0","30","4","0","30","0"']
+        '"0x30","  @P0   BRA 0x0","30","4","0","30","0"',
+        '"0x40","      BAR.ARV R9, 0x40","0","4","0","0","0"',             # a named barrier's arrive
+        '"0x50","      EXIT","0","4","0","0","0"']
 table = "\n".join([header] + rows)
 open(path, "w").write(f'"Kernel Name","void k(int)",\n{table}\n"Kernel Name","void k(int)",\n{table}\n')
 out = subprocess.run([sys.executable, script, path, "--hot", "20"], capture_output=True, text=True, check=True).stdout
 lines = [l.split() for l in out.splitlines()]
 assert out.count("## void k(int)") == 1, out
-assert "20 warp instructions, 4 warps, 5.0 per warp, 100 stall samples" in out, out
-assert ["HMMA", "40.0%", "60.0%", "2.0"] in lines, out                  # 8 of 20; 60 of 100; 8 / 4 warps
+assert "28 warp instructions, 4 warps, 7.0 per warp, 100 stall samples" in out, out
+assert ["HMMA", "28.6%", "60.0%", "2.0"] in lines, out                  # 8 of 28; 60 of 100; 8 / 4 warps
 assert "stall reasons: wait 60.0%, barrier 40.0%" in out, out
 assert ["0-", "2", "70.0%", "4.0", "2.0", "BAR.SYNC.DEFER_BLOCKING", "0x0"] in lines, out  # a range ends at the barrier
-assert ["3-", "3", "30.0%", "1.0", "0.0", "@P0", "BRA", "0x0"] in lines, out
+assert ["3-", "4", "30.0%", "2.0", "0.0", "BAR.ARV", "R9,", "0x40"] in lines, out  # and at an arrive
+assert ["5-", "5", "0.0%", "1.0", "0.0", "EXIT"] in lines, out
 hot = out.split("instructions with >= 20.0% of the samples")[1].splitlines()[1:]
 assert [l.split()[0] for l in hot if l.strip()] == ["1", "3"], out    # 60 and 30 samples of 100; not 10
 print("source_counters.py: OK")
