@@ -9,8 +9,10 @@
 //   1. each warp computes its keys' features and writes them as rows (phi, the A operand of the
 //      state update, read transposed by ldmatrix) and in B-fragment order (phiKB: each lane
 //      stores the fragments it holds, so the intra-chunk products read them with one 8-byte
-//      load), [v, 1] as rows (the update's B operand) and transposed (vT, for the intra-chunk
-//      products); it also computes its queries' features, kept in registers; barrier;
+//      load), [v, 1] as rows twice: in column order (the update's B operand) and with the
+//      columns where the C tiles put them (vc, column_pos: the intra-chunk products' B operand,
+//      read with ldmatrix.trans, v45); it also computes its queries' features, kept in
+//      registers; barrier;
 //   2. each warp: num = phi(q) S (S arranged in shared memory as bf16 B fragments), plus the
 //      masked products with the key tiles 0..w of the chunk, normalises and stores its o rows;
 //      and adds the whole chunk to its slice of S (registers, float32, from the segment's start
@@ -33,10 +35,9 @@ struct CausalLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
     static constexpr int NTW = Base::NTW, KSD = Base::KSD, ldp = Base::ldp, ldv = Base::ldv;
-    static constexpr int ldV = kChunk + 10;  // vT's rows, bf16: 4-byte loads of neighbouring keys
-    std::size_t wpu, sa, phi, rows, phiKB, vT, stage, total;
+    std::size_t wpu, sa, phi, rows, phiKB, vc, stage, total;
     __host__ __device__ constexpr CausalLayout()
-        : wpu(0), sa(0), phi(0), rows(0), phiKB(0), vT(0), stage(0), total(0) {
+        : wpu(0), sa(0), phi(0), rows(0), phiKB(0), vc(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -49,7 +50,7 @@ struct CausalLayout {
         phi = take(kChunk * ldp * b16);
         rows = take(kChunk * ldv * b16);
         phiKB = take(kWarps * 4 * 2 * 32 * sizeof(uint2));  // per key tile: 4 k-steps x 2 n-tiles
-        vT = take(NTW * 8 * ldV * b16);
+        vc = take(kChunk * ldv * b16);
         stage = take(2 * kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k and v (v21)
         total = at;
     }
@@ -59,41 +60,26 @@ namespace causal_forward {
 
 using bf16 = __nv_bfloat16;
 
-// [v, 1]^T of the tile into vT's rows ([column][token], ld ldV, bf16): the rows' values, and 1
-// in row D for the tile's n valid tokens; col0 is the tile's first token column.
-template <class T, int D, int ldV>
-__device__ __forceinline__ void put_values_t(bf16* vT, int col0, const warp::Rows<T, D>& xv, int n) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-    auto* v16 = reinterpret_cast<unsigned short*>(vT);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int tok = col0 + g + 8 * r;
-#pragma unroll
-        for (int s = 0; s < D / 32; ++s)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const std::uint32_t w = warp16::as_bf16<T>(warp16::word(xv.x[r][s], i));
-                v16[(32 * s + 8 * t + 2 * i) * ldV + tok] = static_cast<unsigned short>(w);
-                v16[(32 * s + 8 * t + 2 * i + 1) * ldV + tok] = static_cast<unsigned short>(w >> 16);
-            }
-        if (t == 0) vT[D * ldV + tok] = __float2bfloat16(g + 8 * r < n ? 1.0f : 0.0f);
-    }
-}
-
 // acc += att [v, 1] for a 16-key block att (C tiles nt = 0, 1: keys key0 + 8 nt + 2t + e % 2):
-// att as the A fragment over the 16 keys as it is, B from vT (column out_col, neighbouring keys).
-template <int D, int ldV>
-__device__ __forceinline__ void times_values(const float (&att)[2][4], const bf16* vT, int key0,
+// att as the A fragment over the 16 keys as it is, B from vc ([token][column_pos], ldv) with k the
+// token (ldmatrix.trans: lane 8j + i addresses key key0 + i + 8 (j % 2) of n-tile nt + j / 2).
+template <int D, int ldv>
+__device__ __forceinline__ void times_values(const float (&att)[2][4], const bf16* vc, int key0,
                                              float (&acc)[D / 8 + 1][4]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
     const std::uint32_t a[4] = {warp16::pack(att[0][0], att[0][1]), warp16::pack(att[0][2], att[0][3]),
                                 warp16::pack(att[1][0], att[1][1]), warp16::pack(att[1][2], att[1][3])};
+    const bf16* at = vc + (key0 + i + 8 * (j % 2)) * ldv;
 #pragma unroll
-    for (int nt = 0; nt < D / 8 + 1; ++nt) {
-        const bf16* at = vT + warp::out_col<D>(nt, g) * ldV + key0 + 2 * t;
-        warp16::mma(acc[nt], a,
-                    make_uint2(*reinterpret_cast<const std::uint32_t*>(at), *reinterpret_cast<const std::uint32_t*>(at + 8)));
+    for (int nt = 0; nt < D / 8; nt += 2) {
+        std::uint32_t b[4];
+        noncausal::ldmatrix_t(b, at + 8 * (nt + j / 2));
+        warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
+        warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
     }
+    std::uint32_t b[2];  // column D's n-tile: [v, 1]'s 1 in column D (lanes 16 .. 31 repeat 0 .. 15's rows)
+    noncausal::ldmatrix_t(b, at + D);
+    warp16::mma(acc[D / 8], a, make_uint2(b[0], b[1]));
 }
 
 }  // namespace causal_forward
@@ -104,14 +90,14 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     using namespace warp;
     using causal_forward::bf16;
     constexpr Lay lay;
-    constexpr int NTW = Lay::NTW, kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv, ldV = Lay::ldV;
+    constexpr int NTW = Lay::NTW, kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv;
     extern __shared__ __align__(128) unsigned char sm[];
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
     uint2* sa = reinterpret_cast<uint2*>(sm + lay.sa);
     bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
     bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
     uint2* phiKB = reinterpret_cast<uint2*>(sm + lay.phiKB);
-    bf16* vT = reinterpret_cast<bf16*>(sm + lay.vT);
+    bf16* vc = reinterpret_cast<bf16*>(sm + lay.vc);
     constexpr int kSlot = StagedRows<T, D>::kBytes / 16;
     const StagedRows<T, D> stage_k{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * kSlot};
     const StagedRows<T, D> stage_v{stage_k.slot + Lay::kWarps * kSlot};
@@ -125,8 +111,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     noncausal::arrange_state<D>(sa, s_start);
-    for (int i = threadIdx.x; i < NTW * 8 * ldV; i += blockDim.x) vT[i] = __float2bfloat16(0.0f);  // rows D+1.. stay 0
     noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
+    noncausal::zero_rows_padding<D, ldv>(vc, kChunk);
     noncausal::StateSlice<D> slice;
     slice.load(s_start);
     // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
@@ -168,12 +154,13 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             noncausal::put_rows<T, D, ldv>(rows_s, col0, xv);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_column_d<D, ldv>(rows_s, col0, ones);
-            causal_forward::put_values_t<T, D, ldV>(vT, col0, xv, n);
+            noncausal::put_rows_c_order<T, D, ldv>(vc, col0, xv);
+            noncausal::put_column_d<D, ldv>(vc, col0, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             warp16::project<T, D>(xq, wpu, u);
             features(u, d.beta, n, phq);
         }
-        __syncthreads();  // phi, rows, phiKB, vT of the chunk; sa holds S before the chunk
+        __syncthreads();  // phi, rows, phiKB, vc of the chunk; sa holds S before the chunk
 
         // 2. o of the warp's queries, then the chunk into the slice of S.
         float num[NTW][4] = {};
@@ -191,13 +178,13 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             float att[2][4];
             stream::halves_sum(half, att);
             if (j == warp_id) stream::mask_diagonal(att);
-            causal_forward::times_values<D, ldV>(att, vT, kTile * j, num);  // num += att [v, 1]
+            causal_forward::times_values<D, ldv>(att, vc, kTile * j, num);  // num += att [v, 1]
         }
         float inv[2];
         stream::inverse_normaliser(num, inv);
         store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
         slice.template add<ldp, ldv, kChunk>(phi_s, rows_s);
-        __syncthreads();  // every read of sa, phi, rows, phiKB, vT for this chunk is done
+        __syncthreads();  // every read of sa, phi, rows, phiKB, vc for this chunk is done
 
         // 3. S after the chunk, arranged for the next one.
         slice.store_arranged(sa);

@@ -81,15 +81,13 @@ struct CausalBackwardLayout {
 namespace causal_backward {
 
 using bf16 = __nv_bfloat16;
+using noncausal::column_pos;
 using noncausal::ldmatrix;
 using noncausal::ldmatrix_t;
 
 // Feature f = 16 t + b (table t, bucket b) sits where the C tiles over features put it: n-tile
 // b / 2, column 2t + b % 2 (stream::dphi_of), which is also the k order of warp16::feature_frag.
 __host__ __device__ constexpr int feature_pos(int f) { return 8 * (f % 16 / 2) + 2 * (f / 16) + f % 2; }
-// Column c = 32 a + 8 t + 2 m + i (< D) sits where the C tiles over columns put it: n-tile 4a + m,
-// column 2t + i (warp::out_col), which is also the k order of warp16::rows_frag.
-__host__ __device__ constexpr int column_pos(int c) { return (c & ~31) | ((c & 6) << 2) | ((c >> 2) & 6) | (c & 1); }
 
 // The lane's features of its two rows, each row times scale[r], into a feature tile.
 template <int ldp>
@@ -101,21 +99,6 @@ __device__ __forceinline__ void put_features(bf16* tile, int col0, const float (
         for (int nt = 0; nt < 8; ++nt)
             *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldp + 8 * nt + 2 * t) =
                 warp16::pack(phi[r][2 * nt] * scale[r], phi[r][2 * nt + 1] * scale[r]);
-}
-
-// The lane's rows, as bf16, into columns 0 .. D - 1 of a row tile: word m of the lane's vector
-// s (columns 32 s + 8 t + 2 m, + 1) at column_pos.
-template <class T, int D, int ldv>
-__device__ __forceinline__ void put_rows(bf16* tile, int col0, const warp::Rows<T, D>& x) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int s = 0; s < D / 32; ++s)
-#pragma unroll
-            for (int m = 0; m < 4; ++m)
-                *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldv + 32 * s + 8 * m + 2 * t) =
-                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
 }
 
 // A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb. The
@@ -364,7 +347,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         features(u, d.beta, n, phi);
         if (!queries) {
             put_features<ldp>(phiK, col0, phi, one);
-            put_rows<T, D, ldv>(vt, col0, x2);
+            noncausal::put_rows_c_order<T, D, ldv>(vt, col0, x2);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_column_d<D, ldv>(vt, col0, ones);
         }
@@ -431,7 +414,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
             }
             put_features<ldp>(phiQ, col0, phi, inv);
-            put_rows<T, D, ldv>(gt, col0, x2);
+            noncausal::put_rows_c_order<T, D, ldv>(gt, col0, x2);
             noncausal::put_column_d<D, ldv>(gt, col0, c);
             for (int j = 0; j <= tile; ++j) {
                 float half[2][2][4] = {};  // G . v_j over even and odd k-steps

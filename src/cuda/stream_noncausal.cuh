@@ -209,6 +209,27 @@ __device__ __forceinline__ void put_rows(bf16* rows, int col0, const warp::Rows<
         }
 }
 
+// Column c = 32 a + 8 t + 2 m + i (< D) sits where the C tiles over columns put it: n-tile 4a + m,
+// column 2t + i (warp::out_col), which is also the k order of warp16::rows_frag. A tile stored
+// with its columns there gives, read with ldmatrix (.trans where k is the token), B fragments
+// whose products come out in out_col's order (v38's causal backward, v45's causal forward).
+__host__ __device__ constexpr int column_pos(int c) { return (c & ~31) | ((c & 6) << 2) | ((c >> 2) & 6) | (c & 1); }
+
+// The tile's rows, as bf16, into columns 0 .. D - 1 of rows ([token][column], ldv elements) at
+// column_pos: word m of the lane's vector s (columns 32 s + 8 t + 2 m, + 1) at 32 s + 8 m + 2 t.
+template <class T, int D, int ldv>
+__device__ __forceinline__ void put_rows_c_order(bf16* rows, int col0, const warp::Rows<T, D>& x) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                *reinterpret_cast<std::uint32_t*>(rows + (col0 + g + 8 * r) * ldv + 32 * s + 8 * m + 2 * t) =
+                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
+}
+
 // Column D of the tile's right-hand side (one value per row) into column D, and what bf16
 // leaves of it into column D + 1: StateSlice::store adds the two, so column D of the sum keeps
 // about 16 bits (columns D + 2 .. D + 7 stay zero).
