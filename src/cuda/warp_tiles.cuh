@@ -142,6 +142,22 @@ __device__ __forceinline__ void store_rows(T* base, long long row0, long long ro
     }
 }
 
+// v46: the feature map's exponentials and reciprocals on the special-function unit alone
+// (__expf: ex2.approx of x log2(e); rcp.approx), where expf, 1 / x and tanhf add range reduction,
+// Newton steps and a slow path (~5-15 instructions each, 8 of each per lane and call). Their
+// errors, a few units in float32's last place (tanh: ~1e-7 absolute), are far below the 2^-9 of
+// the bf16 operands that every product of these kernels takes (the warp tiles serve bf16 and
+// fp16 inputs only; float32 runs the segment kernels' block_ops feature map).
+__device__ __forceinline__ float fast_rcp(float x) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ float fast_tanh(float x) {
+    const float e = __expf(-2.0f * fabsf(x));
+    return copysignf((1.0f - e) * fast_rcp(1.0f + e), x);
+}
+
 // phi[r][b]: the 16 features of table t for the lane's row r (bucket b: plane p's bit is
 // (b >> (P-1-p)) & 1), the same floored bit probabilities as block_ops' feature_map. v33: one
 // exponential and one reciprocal per plane (with e = exp(-|y|), sigma(|y|) = 1 / (1 + e) and
@@ -158,8 +174,8 @@ __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, in
 #pragma unroll
         for (int p = 0; p < kP; ++p) {
             const float y = 2.0f * beta * u[r][p];
-            const float e = expf(-fabsf(y));
-            const float big = 1.0f / (1.0f + e), small = e * big;
+            const float e = __expf(-fabsf(y));
+            const float big = fast_rcp(1.0f + e), small = e * big;
             s1[p] = fmaxf(y >= 0.0f ? big : small, floor);  // bit set
             s0[p] = fmaxf(y >= 0.0f ? small : big, floor);  // bit clear
         }
@@ -217,7 +233,7 @@ __device__ __forceinline__ double features_backward(const float (&u)[2][kP], con
         mp[3] = odd - even;
 #pragma unroll
         for (int p = 0; p < kP; ++p) {
-            const float th = tanhf(beta * u[r][p]);
+            const float th = fast_tanh(beta * u[r][p]);
             const float common = mp[p] - th * m0;
             dbeta += static_cast<double>(u[r][p]) * common;
             dz[r][p] = tf32f((1.0f - u[r][p] * u[r][p]) * beta * common);
