@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             float u[2][kP], phk[2][kR];
             warp16::project<T, D>(xk, wpu, u);
             if (more) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
-            features(u, d.beta, n, phk);
+            features<Recip::approx>(u, d.beta, n, phk);
             const float one[2] = {1.0f, 1.0f};
             noncausal::put_features<ldp>(phi_s, col0, phk, one);
             // B fragment of phi(k)^T for k-step ks (table t, buckets 4ks .. 4ks + 3) and n-tile r (key g + 8r).
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             noncausal::put_column_d<D, ldv>(vc, col0, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             warp16::project<T, D>(xq, wpu, u);
-            features(u, d.beta, n, phq);
+            features<Recip::approx>(u, d.beta, n, phq);
         }
         __syncthreads();  // phi, rows, phiKB, vc of the chunk; sa holds S before the chunk
 

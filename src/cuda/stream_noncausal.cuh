@@ -452,7 +452,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 Rows<T, D> xq;
                 xq.load(a.q, row0, row_stride, n);
                 warp16::project<T, D>(xq, wpu, u);
-                features(u, d.beta, n, phi);
+                features<Recip::approx>(u, d.beta, n, phi);
                 float num[NTW][4] = {};
                 noncausal::times_state<NTW, NTW>(phi, sa, num);
                 // o = num[:, :D] / num[:, D].
@@ -522,7 +522,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 xk.load(a.k, row0, row_stride, n);
                 xv.load(a.v, row0, row_stride, n);
                 warp16::project<T, D>(xk, wpu, u);
-                features(u, d.beta, n, phi);
+                features<Recip::approx>(u, d.beta, n, phi);
                 noncausal::put_rows<T, D, ldv>(rows_c, col0, xv);
                 const int g = lane_id() / 4;
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
@@ -538,7 +538,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 stage_g.read(xg);
                 warp16::project<T, D>(xq, wpu, u);
                 if (more) stage_q.fetch(a.q, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
-                features(u, d.beta, n, phi);
+                features<Recip::approx>(u, d.beta, n, phi);
                 float den[2];
                 noncausal::feature_dot(phi, col_d, den);
                 const int g = lane_id() / 4, t = lane_id() % 4;

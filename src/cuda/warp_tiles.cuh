@@ -142,12 +142,15 @@ __device__ __forceinline__ void store_rows(T* base, long long row0, long long ro
     }
 }
 
-// v46: the feature map's exponentials and reciprocals on the special-function unit alone
-// (__expf: ex2.approx of x log2(e); rcp.approx), where expf, 1 / x and tanhf add range reduction,
-// Newton steps and a slow path (~5-15 instructions each, 8 of each per lane and call). Their
-// errors, a few units in float32's last place (tanh: ~1e-7 absolute), are far below the 2^-9 of
-// the bf16 operands that every product of these kernels takes (the warp tiles serve bf16 and
-// fp16 inputs only; float32 runs the segment kernels' block_ops feature map).
+// v46: the feature map's exponentials and tanh on the special-function unit alone (__expf:
+// ex2.approx of x log2(e); rcp.approx), where expf and tanhf add range reduction, a polynomial
+// and a select (8 of each per lane and call). Their errors, a few units in float32's last place
+// (tanh: ~1e-7 absolute), are far below the 2^-9 of the bf16 operands that every product of these
+// kernels takes (the warp tiles serve bf16 and fp16 inputs only; float32 runs the segment
+// kernels' block_ops feature map). The sigmoid's 1 / (1 + e) takes either form (Recip): the
+// approximate one made the key totals, the causal forward and the query totals faster, and the
+// causal totals, the causal backward and the keys' side slower (more spill, other schedules).
+enum class Recip { ieee, approx };
 __device__ __forceinline__ float fast_rcp(float x) {
     float r;
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
@@ -164,6 +167,7 @@ __device__ __forceinline__ float fast_tanh(float x) {
 // sigma(-|y|) = e sigma(|y|), so the small probability keeps its digits as when computed on its
 // own), and the products as a tree (planes 0, 1 times planes 2, 3: 24 products, not 48).
 // Rows at or beyond n get zeros.
+template <Recip kRecip = Recip::ieee>
 __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, int n, float (&phi)[2][kR]) {
     static_assert(kP == 4, "the product tree pairs planes 0, 1 and 2, 3");
     const float floor = static_cast<float>(exp(-87.0 / kP));
@@ -175,7 +179,7 @@ __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, in
         for (int p = 0; p < kP; ++p) {
             const float y = 2.0f * beta * u[r][p];
             const float e = __expf(-fabsf(y));
-            const float big = fast_rcp(1.0f + e), small = e * big;
+            const float big = kRecip == Recip::approx ? fast_rcp(1.0f + e) : 1.0f / (1.0f + e), small = e * big;
             s1[p] = fmaxf(y >= 0.0f ? big : small, floor);  // bit set
             s0[p] = fmaxf(y >= 0.0f ? small : big, floor);  // bit clear
         }
