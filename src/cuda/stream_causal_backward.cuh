@@ -25,9 +25,6 @@
 //      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
 //      dk and dv; all: U plus the chunk's queries; barrier.
-// v48: at step 3 a key warp's state terms are 128 tensor-core steps where query warp w has
-// 24 (w + 1), so the query warps compute the first kShipped n-tiles of every key tile's dv state
-// term (KeysShipped) and hand them over through shared memory, lane by lane, for step 4.
 // Every operand is read with ldmatrix. Along the features the tiles and states keep the order
 // of the C tiles over features (feature_pos), along the D columns that of the C tiles over
 // columns (column_pos): one layout serves both products of a state (k over features, k over
@@ -54,12 +51,9 @@ struct CausalBackwardLayout {
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
     static constexpr int ldP = 24;                            // bf16 blocks [query][key]: rows 48 bytes apart
     static constexpr int kBlock = warp::kTile * ldP;
-    // v48: dv's n-tiles 0 .. kShipped of each key tile computed by the query warps (D = 128; at
-    // D = 64 the key warps' state terms are no longer than query warp 3's blocks).
-    static constexpr int kShipped = D == 128 ? 8 : 0;
-    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, shipped, stage, total;
+    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, stage, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), shipped(0), stage(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -79,7 +73,6 @@ struct CausalBackwardLayout {
         vt = take(kChunk * ldv * b16);
         gt = take(kChunk * ldv * b16);
         pairs = take(kPairs * 2 * kBlock * b16);
-        shipped = take(kTiles * kShipped * 32 * sizeof(float4));  // C fragments, one float4 per lane and n-tile
         stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
         total = at;
     }
@@ -203,9 +196,9 @@ __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const 
     else add_chunk_half<D, ldS, ldp, ldv, kChunk, 1>(x, xb, sign, phi, rows, w % 4);
 }
 
-// acc[nt] += A X[:, :D] for the D columns' n-tiles from NT0 on, A's k-step ks over the features
-// given by `frag(ks, a)`, X's bf16 copy read with k along its rows (.trans).
-template <int D, int ldv, int NT0, class Frag>
+// acc[nt] += A X[:, :D] for the D columns' n-tiles, A's k-step ks over the features given by
+// `frag(ks, a)`, X's bf16 copy read with k along its rows (.trans).
+template <int D, int ldv, class Frag>
 __device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
 #pragma unroll
@@ -213,7 +206,7 @@ __device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&a
         std::uint32_t a[4];
         frag(ks, a);
 #pragma unroll
-        for (int nt = NT0; nt < D / 8; nt += 2) {
+        for (int nt = 0; nt < D / 8; nt += 2) {
             std::uint32_t b[4];
             ldmatrix_t(b, xb + (16 * ks + i + 8 * (j % 2)) * ldv + 8 * (nt + j / 2));
             warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
@@ -221,45 +214,6 @@ __device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&a
         }
     }
 }
-
-// v48: the keys' dv state term phi(k) U[:, :D] over n-tiles 0 .. kShipped, computed by the query
-// warps in units of two n-tiles (8 tensor-core steps): unit u is key tile u / kPerTile, n-tiles
-// 2 (u % kPerTile) and the next. Query warp w takes units first(w) .. first(w + 1): a half, 5/16
-// and 3/16 of them for warps 0, 1, 2, none for warp 3, whose blocks are the longest (step 3: 88,
-// 88, 96 and 96 steps for the query warps and 96 for every key warp at D = 128). Each lane writes
-// its C fragment of n-tile nt of key tile k to out[(k kShipped + nt) 32 + lane], where the key
-// warp's same lane reads it.
-template <int kShipped>
-struct KeysShipped {
-    static constexpr int kPerTile = kShipped / 2, kUnits = 4 * kPerTile;
-    __host__ __device__ static constexpr int first(int w) {  // a select chain: no array in local memory
-        return kUnits * (w == 0 ? 0 : w == 1 ? 8 : w == 2 ? 13 : 16) / 16;
-    }
-    template <int ldp, int ldv>
-    __device__ static void compute(int w, const bf16* phiK, const bf16* xb, float4* out) {
-        const int lane = warp::lane_id(), i = lane % 8, j = lane / 8;
-        for (int u = first(w); u < first(w + 1);) {
-            const int key_tile = u / kPerTile;
-            std::uint32_t a[4][4];  // phi(k) as A fragments over the features: rows 8 (j % 2) + i, k 8 (j / 2)
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks) ldmatrix(a[ks], phiK + (warp::kTile * key_tile + i + 8 * (j % 2)) * ldp + 16 * ks + 8 * (j / 2));
-            for (; u < first(w + 1) && u / kPerTile == key_tile; ++u) {
-                const int nt = 2 * (u % kPerTile);
-                float acc[2][4] = {};
-#pragma unroll
-                for (int ks = 0; ks < 4; ++ks) {
-                    std::uint32_t b[4];
-                    ldmatrix_t(b, xb + (16 * ks + i + 8 * (j % 2)) * ldv + 8 * (nt + j / 2));
-                    warp16::mma(acc[0], a[ks], make_uint2(b[0], b[1]));
-                    warp16::mma(acc[1], a[ks], make_uint2(b[2], b[3]));
-                }
-#pragma unroll
-                for (int h = 0; h < 2; ++h)
-                    out[(key_tile * kShipped + nt + h) * 32 + lane] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
-            }
-        }
-    }
-};
 
 // acc[nf] += R X[:, :D]^T over the 8 n-tiles of features, R's k-step ks over the D columns
 // given by `frag(ks, a)`, X's bf16 copy read with k along its columns (no .trans).
@@ -343,8 +297,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     bf16* vt = reinterpret_cast<bf16*>(sm + lay.vt);
     bf16* gt = reinterpret_cast<bf16*>(sm + lay.gt);
     bf16* pairs = reinterpret_cast<bf16*>(sm + lay.pairs);
-    float4* shipped = reinterpret_cast<float4*>(sm + lay.shipped);
-    constexpr int kShipped = Lay::kShipped;
     const StagedRows<T, D> stage_o{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32 % 4) * (StagedRows<T, D>::kBytes / 16)};
 
     const Dims& d = a.d;
@@ -483,11 +435,9 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 if (j == tile) stream::mask_diagonal(att);
                 put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
-            if constexpr (kShipped > 0) KeysShipped<kShipped>::template compute<ldp, ldv>(tile, phiK, Ub, shipped);
         } else {
-            // dv = phi(k) U[:, :D] (its n-tiles from kShipped on; the query warps compute the
-            // others), dL/dphi(k) = v U[:, :D]^T + U[:, D].
-            times_state<D, ldv, kShipped>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
+            // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
+            times_state<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
             times_state_t<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
@@ -514,11 +464,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             warp16::planes_out<D>(dz, wpd, dq);
             store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
         } else {
-#pragma unroll
-            for (int nt = 0; nt < kShipped; ++nt) {
-                const float4 x = shipped[(tile * kShipped + nt) * 32 + lane_id()];
-                dv[nt][0] += x.x, dv[nt][1] += x.y, dv[nt][2] += x.z, dv[nt][3] += x.w;
-            }
             for (int i = tile; i < Lay::kTiles; ++i) {
                 std::uint32_t af[4];
                 block_for_keys<ldP>(pairs + 2 * pair_of(i, tile) * kBlock, af);  // phi(k) phi(q_i)^T / den_i
