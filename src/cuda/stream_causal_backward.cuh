@@ -18,13 +18,11 @@
 // the non-causal query totals since v27), so the parts of Wm that nearly cancel are rounded alike
 // (fp16 rows: G . o from G rounded to bf16, as the products take it: stream::row_dots).
 // Warps 0-3 take the queries of tile w, warps 4-7 the keys of tile w - 4. Per chunk:
-//   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; queries: [G, c]
-//      into the chunk's tiles, c also in float32 (v49); barrier;
+//   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; barrier;
 //   2. all: S minus the chunk's keys (each warp a slice of the state); barrier;
-//   3. queries: den from S[:, D] and the blocks phi(q_i) phi(k_j)^T (j <= i), scaled by 1 / den_i,
-//      into shared memory for the keys, and phi(q) / den into the chunk's tiles; the blocks
-//      G_i . v_j + c_i of every pair, spread over the query warps (v49: gv_pairs); keys: the state
-//      terms of dL/dphi(k) and dv; barrier;
+//   3. queries: den from S[:, D] and the blocks phi(q_i) phi(k_j)^T (j <= i); the blocks scaled by
+//      1 / den_i and the blocks G_i . v_j + c_i into shared memory for the keys; phi(q) / den and
+//      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
 //      dk and dv; all: U plus the chunk's queries; barrier.
 // Every operand is read with ldmatrix. Along the features the tiles and states keep the order
@@ -32,8 +30,8 @@
 // columns (column_pos): one layout serves both products of a state (k over features, k over
 // columns: ldmatrix with and without .trans), and every product's output is in the order that
 // dphi_of and store_rows read. The query warps copy the chunk's o rows into shared memory with
-// cp.async at the end of the chunk before (v23, v49) and read them at step 1; the next chunk's q
-// or k rows are loaded at the end of step 4 (v26).
+// cp.async at step 1 and read them at step 3 (v23); the next chunk's q or k rows are loaded at
+// the end of step 4 (v26).
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -53,9 +51,9 @@ struct CausalBackwardLayout {
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
     static constexpr int ldP = 24;                            // bf16 blocks [query][key]: rows 48 bytes apart
     static constexpr int kBlock = warp::kTile * ldP;
-    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, cq, pairs, stage, total;
+    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, stage, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), cq(0), pairs(0), stage(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -74,7 +72,6 @@ struct CausalBackwardLayout {
         phiQ = take(kChunk * ldp * b16);
         vt = take(kChunk * ldv * b16);
         gt = take(kChunk * ldv * b16);
-        cq = take(kChunk * sizeof(float));  // c = -(G . o) of the chunk's queries, float32
         pairs = take(kPairs * 2 * kBlock * b16);
         stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
         total = at;
@@ -255,18 +252,6 @@ __device__ __forceinline__ void times_tile(const std::uint32_t (&a)[4], const bf
 // by the queries' warp: block 0 = phi(q) phi(k)^T / den (rows: queries), block 1 = G . v + c,
 // masked on the diagonal, bf16, stored [query][key] from their C tiles.
 __host__ __device__ constexpr int pair_of(int i, int j) { return i * (i + 1) / 2 + j; }
-// v49: the pairs whose G . v block query warp w computes, four bits each (pair_of), and their
-// count: 3, 3, 2 and 2 blocks to warps 0-3, where each also has its own w + 1 blocks phi(q)
-// phi(k)^T (56, 64, 56 and 64 tensor-core steps; v12 gave warp w its own row of pairs, 24 to 96).
-// A select chain, not an array: a run-time index into an array would put it in local memory.
-__device__ __forceinline__ unsigned gv_pairs(int w) {
-    constexpr unsigned q0 = pair_of(0, 0) | pair_of(3, 0) << 4 | pair_of(3, 1) << 8 | 3u << 28;
-    constexpr unsigned q1 = pair_of(1, 0) | pair_of(1, 1) << 4 | pair_of(2, 0) << 8 | 3u << 28;
-    constexpr unsigned q2 = pair_of(2, 1) | pair_of(2, 2) << 4 | 2u << 28;
-    constexpr unsigned q3 = pair_of(3, 2) | pair_of(3, 3) << 4 | 2u << 28;
-    return w == 0 ? q0 : w == 1 ? q1 : w == 2 ? q2 : q3;
-}
-__host__ __device__ constexpr int query_tile_of_pair(int p) { return p >= 6 ? 3 : p >= 3 ? 2 : p >= 1 ? 1 : 0; }
 template <int ldP>
 __device__ __forceinline__ void put_block(bf16* blk, const float (&c)[2][4]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
@@ -311,7 +296,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     bf16* phiQ = reinterpret_cast<bf16*>(sm + lay.phiQ);
     bf16* vt = reinterpret_cast<bf16*>(sm + lay.vt);
     bf16* gt = reinterpret_cast<bf16*>(sm + lay.gt);
-    float* cq = reinterpret_cast<float*>(sm + lay.cq);
     bf16* pairs = reinterpret_cast<bf16*>(sm + lay.pairs);
     const StagedRows<T, D> stage_o{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32 % 4) * (StagedRows<T, D>::kBytes / 16)};
 
@@ -350,7 +334,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     // The warp's q or k rows, which step 1 needs first; v26: loaded at the end of step 4.
     Rows<T, D> x1;
     x1.load(queries ? a.q : a.k, tile_row(chunks - 1), row_stride, tile_rows(chunks - 1));
-    if (queries) stage_o.fetch(a.o, tile_row(chunks - 1), row_stride, tile_rows(chunks - 1));  // read at step 1
     for (int ci = chunks - 1; ci >= 0; --ci) {
         const int n = tile_rows(ci);
         const long long row0 = tile_row(ci);
@@ -359,6 +342,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         float u[2][kP], phi[2][kR];
         Rows<T, D> x2;
         x2.load(queries ? a.dout : a.v, row0, row_stride, n);
+        if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
         warp16::project<T, D>(x1, wpu, u);
         features(u, d.beta, n, phi);
         if (!queries) {
@@ -366,22 +350,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             noncausal::put_rows_c_order<T, D, ldv>(vt, col0, x2);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_column_d<D, ldv>(vt, col0, ones);
-        } else {
-            float c[2];  // -(G . o)
-            {
-                Rows<T, D> xo;
-                stage_o.read(xo);
-                stream::row_dots(x2, xo, c);
-            }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) c[r] = -c[r];
-            noncausal::put_rows_c_order<T, D, ldv>(gt, col0, x2);
-            noncausal::put_column_d<D, ldv>(gt, col0, c);
-            if (t == 0)
-#pragma unroll
-                for (int r = 0; r < 2; ++r) cq[col0 + g + 8 * r] = c[r];
         }
-        __syncthreads();  // phiK, [v, 1], [G, c] of the chunk
+        __syncthreads();  // phiK, [v, 1] of the chunk
 
         // 2. S before the chunk.
         if (ci == 0) load_state<D, ldS, ldv>(S, Sb, s_starts + seg * a.s_seg_stride);
@@ -391,7 +361,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         // 3. Queries: den, the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
         float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
         float dv[NTD][4] = {};  // keys
-        float inv[2];           // queries: 1 / den
+        float inv[2], c[2];     // queries: 1 / den, -(G . o)
         const int i8 = lane_id() % 8, j8 = lane_id() / 8;  // ldmatrix: lane 8 j8 + i8 addresses row i8 of block j8
         if (queries) {
             std::uint32_t qa[4][4];  // phi(q) as A fragments over the features
@@ -427,6 +397,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 const float whole = sum_over_t(den[r]);  // on every lane: a shuffle of the whole warp
                 inv[r] = g + 8 * r < n ? 1.0f / whole : 0.0f;
             }
+            {
+                Rows<T, D> xo;
+                stage_o.read(xo);
+                stream::row_dots(x2, xo, c);
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) c[r] = -c[r];
 #pragma unroll
             for (int j = 0; j < Lay::kTiles; ++j) {
                 if (j > tile) continue;
@@ -437,27 +414,26 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
             }
             put_features<ldp>(phiQ, col0, phi, inv);
-            const unsigned list = gv_pairs(tile);
-            for (int k = 0; k < static_cast<int>(list >> 28); ++k) {
-                const int p = (list >> (4 * k)) & 15, i = query_tile_of_pair(p), j = p - pair_of(i, 0);
-                float half[2][2][4] = {};  // G_i . v_j over even and odd k-steps
+            noncausal::put_rows_c_order<T, D, ldv>(gt, col0, x2);
+            noncausal::put_column_d<D, ldv>(gt, col0, c);
+            for (int j = 0; j <= tile; ++j) {
+                float half[2][2][4] = {};  // G . v_j over even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < KSD; ++ks) {
-                    std::uint32_t af[4], b[4];  // G_i's rows (A, k along the columns) and v_j's (B), both in column_pos order
-                    ldmatrix(af, gt + (kTile * i + i8 + 8 * (j8 % 2)) * ldv + 16 * ks + 8 * (j8 / 2));
+                    std::uint32_t af[4], b[4];
+                    warp16::rows_frag_bf16<T, D>(x2, ks, af);
                     ldmatrix(b, vt + (kTile * j + i8 + 8 * (j8 / 2)) * ldv + 16 * ks + 8 * (j8 % 2));
                     warp16::mma(half[ks % 2][0], af, make_uint2(b[0], b[1]));
                     warp16::mma(half[ks % 2][1], af, make_uint2(b[2], b[3]));
                 }
                 float att[2][4];
                 stream::halves_sum(half, att);
-                const float ci_rows[2] = {cq[kTile * i + g], cq[kTile * i + g + 8]};
 #pragma unroll
                 for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) att[nt][e] += ci_rows[e / 2];
-                if (j == i) stream::mask_diagonal(att);
-                put_block<ldP>(pairs + (2 * p + 1) * kBlock, att);
+                    for (int e = 0; e < 4; ++e) att[nt][e] += c[e / 2];
+                if (j == tile) stream::mask_diagonal(att);
+                put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
         } else {
             // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
@@ -478,7 +454,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, af);  // G . v_j + c
                 times_tile<8, ldp>(af, phiK + kTile * j * ldp, dph);
             }
-            const float c[2] = {cq[col0 + g], cq[col0 + g + 8]};  // step 1's, kept in shared memory
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
@@ -503,10 +478,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             warp16::planes_out<D>(dz, wpd, dk);
             store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
         }
-        if (ci > 0) {
-            x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
-            if (queries) stage_o.fetch(a.o, tile_row(ci - 1), row_stride, tile_rows(ci - 1));  // its rows were read at step 1
-        }
+        if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
         add_chunk<D, ldS, ldp, ldv, kChunk>(U, Ub, 1.0f, phiQ, gt);
         __syncthreads();  // U; the chunk's tiles read before the next chunk's step 1
     }
