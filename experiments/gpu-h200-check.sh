@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >"
 B=${BUILD:-/tmp/b-check}
 { timeout 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
   timeout 300 cmake --build "$B" -j "$(nproc)" --target racesp racesp_cuda_bench racesp_cuda_tests \
-    racesp_cuda_long_test racesp_cuda_mpi_tests racesp_cuda_model_tests racesp_cuda_train_tests; } \
+    racesp_cuda_long_test racesp_cuda_mpi_tests racesp_cuda_model_tests racesp_cuda_train_tests racesp_cuda_bench_tests; } \
   >"$OUT/build.log" 2>&1 ||
   { echo "BUILD FAILED at ${SECONDS}s"; grep -E "error" "$OUT/build.log" | head -30; tail -5 "$OUT/build.log"; exit 1; }
 echo "build: ${SECONDS}s"

@@ -14,10 +14,11 @@ Studies (each a list of bench invocations; every list can be changed on the comm
 
 Benches (--bench):
 
-  racesp       `racesp bench --device cpu|cuda` (tensors in host memory; --device cuda uploads
-               them every step and stages the collectives through MPI)
+  racesp       `racesp bench --device cpu|cuda` (cpu: float32 tensors in host memory; cuda: the
+               same device-resident timings as racesp_cuda_bench, bf16 by default, NCCL)
   cuda         `racesp_cuda_bench` (src/cuda/cuda_bench.cpp): tensors resident on the GPU, bf16 by
-               default, NCCL collectives; the program behind experiments/results/gpu-*.jsonl
+               default, NCCL collectives, every engine option; the program behind
+               experiments/results/gpu-*.jsonl
 
 Launchers (--launcher):
 

@@ -1,9 +1,14 @@
 // racesp bench: forward + backward timings on synthetic data, one JSON line per configuration on
 // stdout. Under mpirun it measures sequence-parallel scaling: --tokens fixes the sequence
 // (strong scaling), --tokens-per-rank grows it with the sequence-parallel group (weak scaling).
+// --device cpu times the CPU engine on float32 shards in host memory (wall clock, the slowest
+// rank); --device cuda times the CUDA engine on shards generated on each rank's GPU (CUDA events,
+// racesp/cuda_bench.hpp), in --dtype, with NCCL collectives where built, and --max-tokens
+// searches the longest sequence that fits.
 #include <mpi.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +21,11 @@
 #include "racesp/failure.hpp"
 #include "racesp/mpi_collectives.hpp"
 #include "synthetic.hpp"
+#ifdef RACESP_HAVE_CUDA
+#include "cuda_check.hpp"
+#include "racesp/cuda_bench.hpp"
+#include "racesp/device_collectives.hpp"
+#endif
 
 namespace racesp::cli {
 
@@ -26,6 +36,8 @@ struct BenchArgs {
     Count tokens{262144}, tokens_per_rank;
     int repeats = 5, warmup = 1;
     bool both = false;
+    std::string dtype;  // --device cuda: bf16 unless given; the CPU engine computes in float32 only
+    bool max_tokens = false;
     RaceOptions race;
 };
 
@@ -41,18 +53,25 @@ po::options_description bench_options(BenchArgs& a) {
         ("both", po::bool_switch(&a.both), "time non-causal and causal (two lines)")
         ("repeats", po::value<int>(&a.repeats)->default_value(a.repeats)->value_name("N"),
          "timed runs; the median is reported")
-        ("warmup", po::value<int>(&a.warmup)->default_value(a.warmup)->value_name("N"), "untimed runs first");
+        ("warmup", po::value<int>(&a.warmup)->default_value(a.warmup)->value_name("N"), "untimed runs first")
+        ("dtype", po::value<std::string>(&a.dtype)->value_name("T"),
+         "--device cuda: storage of the token tensors, bf16 (default), fp16 or fp32")
+        ("max-tokens", po::bool_switch(&a.max_tokens),
+         "--device cuda: search the longest sequence whose forward + backward fits in device memory");
     a.race.add_to(options);
     add_common_options(options);
     return options;
 }
 
-const char* const usage = "racesp bench [--device cpu] [--tokens N | --tokens-per-rank N] [--causal | --both] [options]";
+const char* const usage =
+    "racesp bench [--device cpu|cuda] [--tokens N | --tokens-per-rank N | --max-tokens] [--causal | --both] [options]";
 const char* const description =
     "Times distributed forward + backward on synthetic data held in memory (no file I/O): median over\n"
     "--repeats after --warmup, split into compute and collective time (each the slowest rank's; the\n"
     "collectives also alone after a barrier, without waiting for slower ranks), with tokens/s and peak\n"
-    "resident memory. One JSON object per configuration on stdout.";
+    "resident memory. One JSON object per configuration on stdout. With --device cuda the data is made\n"
+    "on each rank's GPU in --dtype (bf16 by default), the runs are timed with CUDA events, the line adds\n"
+    "peak_device_bytes, and --max-tokens reports the longest sequence that fits instead of --tokens.";
 
 // The collectives of one forward + backward step alone, on state-sized buffers after a barrier:
 // their cost without the waiting for slower ranks that the step's collective time includes.
@@ -76,6 +95,51 @@ double median(std::vector<double> v) {
     std::size_t n = v.size();
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+#ifdef RACESP_HAVE_CUDA
+// --device cuda: the CUDA engine on this rank's shard, made on its GPU (one line per mode).
+int bench_on_gpus(MPI_Comm world, const ProcessGrid& grid, const BenchArgs& a, const Shape& shape, bool weak) {
+    const io::Slab slab{grid.batch(shape.batch), grid.tokens(shape.tokens)};
+    cuda::BenchSetup setup;
+    setup.config = a.race.config;
+    setup.batch = slab.batch.size();
+    setup.heads = shape.heads;
+    setup.dim = shape.dim;
+    setup.dtype = cuda::parse_dtype(a.dtype.empty() ? "bf16" : a.dtype.c_str());
+    setup.runs = a.repeats;
+    setup.warmup = a.warmup;
+    const nlohmann::json machine = machine_description(world);
+    cudaStream_t stream = nullptr;  // the collectives' (NCCL's) stream
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    auto sp = std::make_unique<cuda::DeviceCollectives>(grid.sp_comm(), stream);
+    std::vector<bool> causal_modes = a.both ? std::vector<bool>{false, true} : std::vector<bool>{a.race.config.causal};
+    for (bool causal : causal_modes) {
+        setup.config.causal = causal;
+        const cuda::BenchResult r = a.max_tokens ? cuda::bench_max_tokens(setup, sp->get(), world)
+                                                 : cuda::bench_step(setup, sp->get(), world, slab.tokens.size());
+        const std::int64_t tokens = a.max_tokens ? r.tokens_per_rank * a.race.sp_size : shape.tokens;
+        nlohmann::json line = {
+            {"command", "bench"}, {"device", "cuda"}, {"gpu", cuda::device_name()}, {"causal", causal},
+            {"normalization", to_string(setup.config.normalization)}, {"dtype", cuda::to_string(setup.dtype)},
+            {"batch", shape.batch}, {"tokens", tokens}, {"tokens_per_rank", static_cast<double>(tokens) / a.race.sp_size},
+            {"weak_scaling", weak}, {"max_tokens", a.max_tokens}, {"heads", shape.heads}, {"dim", shape.dim},
+            {"tables", setup.config.tables}, {"planes", setup.config.planes}, {"beta", setup.config.beta},
+            {"share_planes", setup.config.share_planes}, {"sp_size", a.race.sp_size},
+            {"dp_size", grid.world_size() / a.race.sp_size}, {"collectives", cuda::DeviceCollectives::kName},
+            {"repeats", a.max_tokens ? 1 : a.repeats}, {"warmup", a.max_tokens ? 0 : a.warmup},
+            {"timer", "cuda_events"}, {"median_s", r.median_s}, {"min_s", r.min_s}, {"max_s", r.max_s},
+            {"forward_s", r.forward_s}, {"backward_s", r.backward_s}, {"collective_s", r.collective_s},
+            {"state_bytes", setup.batch * shape.heads * setup.config.features() * (shape.dim + 1) * 8},
+            {"tokens_per_s", static_cast<double>(shape.batch * tokens) / r.median_s},
+            {"peak_device_bytes", r.peak_device_bytes}, {"times_s", r.times_s}, {"machine", machine}};
+        if (!a.max_tokens) line["collective_alone_s"] = r.collective_alone_s;
+        print_on_root(world, line.dump() + "\n");
+    }
+    sp.reset();
+    cudaStreamDestroy(stream);
+    return 0;
+}
+#endif
 
 }  // namespace
 
@@ -107,6 +171,12 @@ int run_bench(MPI_Comm world, const Args& args) {
         require_at_least("--dim", a.dim, 1);
         require_at_least("--repeats", a.repeats, 1);
         require_at_least("--warmup", a.warmup, 0);
+        if (device == Device::cpu && !a.dtype.empty() && a.dtype != "fp32" && a.dtype != "float32")
+            throw ConfigError("--dtype " + a.dtype + " needs --device cuda (the CPU engine computes in float32)");
+        if (device == Device::cpu && a.max_tokens) throw ConfigError("--max-tokens needs --device cuda");
+#ifdef RACESP_HAVE_CUDA
+        if (device == Device::cuda) cuda::parse_dtype(a.dtype.empty() ? "bf16" : a.dtype.c_str());  // throws if unknown
+#endif
     });
     if (!run) {
         print_on_root(world, bench_help());
@@ -115,6 +185,9 @@ int run_bench(MPI_Comm world, const Args& args) {
 
     const Shape shape{a.batch, a.tokens.value, a.heads, a.dim};
     ProcessGrid grid(world, a.race.sp_size);
+#ifdef RACESP_HAVE_CUDA
+    if (device == Device::cuda) return bench_on_gpus(world, grid, a, shape, weak);
+#endif
     MpiCollectives sp(grid.sp_comm());
     const io::Slab slab{grid.batch(shape.batch), grid.tokens(shape.tokens)};
     const Shape local{slab.batch.size(), slab.tokens.size(), shape.heads, shape.dim};

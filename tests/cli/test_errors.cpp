@@ -200,6 +200,9 @@ TEST_F(Errors, BenchErrors) {
     expect_error(dir, 2, "bench --tokens 100 --repeats 0", "--repeats must be at least 1", only);
     expect_error(dir, 0, "bench --tokens 100 --planes 12", "planes (P) must be in 1..10", only);
     expect_error(dir, 0, "bench --device cuda --tokens 100", "--device cuda", only);
+    expect_error(dir, 2, "bench --tokens 100 --dtype bf16", "--dtype bf16 needs --device cuda (the CPU engine computes in float32)",
+                 only);
+    expect_error(dir, 0, "bench --tokens 100 --max-tokens", "--max-tokens needs --device cuda", only);
 }
 
 TEST_F(Errors, InputIsNeverModified) {

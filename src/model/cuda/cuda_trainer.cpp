@@ -11,12 +11,8 @@
 #include "device_buffer.hpp"
 #include "host_memory.hpp"
 #include "model_kernels.hpp"
-#include "racesp/cuda_distributed.hpp"
+#include "racesp/device_collectives.hpp"
 #include "racesp/errors.hpp"
-#include "racesp/mpi_collectives.hpp"
-#ifdef RACESP_HAVE_NCCL
-#include "racesp/nccl_collectives.hpp"
-#endif
 
 namespace racesp::model::gpu {
 
@@ -25,30 +21,6 @@ namespace {
 double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-
-// Sums of device float64 buffers over one communicator.
-class DeviceGroup {
-public:
-    DeviceGroup(MPI_Comm comm, cudaStream_t stream)
-#ifdef RACESP_HAVE_NCCL
-        : nccl_(comm, stream) {
-    }
-    Collectives& get() { return nccl_; }
-#else
-        : mpi_(comm), staged_(mpi_) {
-        (void)stream;
-    }
-    Collectives& get() { return staged_; }
-#endif
-
-private:
-#ifdef RACESP_HAVE_NCCL
-    racesp::cuda::NcclCollectives nccl_;
-#else
-    MpiCollectives mpi_;
-    racesp::cuda::StagedCollectives staged_;
-#endif
-};
 
 struct Stream {
     cudaStream_t s = nullptr;
@@ -175,7 +147,7 @@ private:
 
     int world_size_;
     Stream stream_;
-    DeviceGroup sp_, world_;
+    racesp::cuda::DeviceCollectives sp_, world_;  // NCCL, or MPI staged through host memory
     CudaModel net_;
     CudaAdamW adam_;
     std::int64_t size_;
