@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 
@@ -199,7 +200,11 @@ TEST_F(Errors, BenchErrors) {
     const std::vector<std::string> only = {"in.h5"};
     expect_error(dir, 2, "bench --tokens 100 --repeats 0", "--repeats must be at least 1", only);
     expect_error(dir, 0, "bench --tokens 100 --planes 12", "planes (P) must be in 1..10", only);
+    // No GPU visible (so that this holds on GPU hosts too): the CUDA build's "no CUDA device is
+    // visible", or "built without the CUDA backend".
+    ASSERT_EQ(::setenv("CUDA_VISIBLE_DEVICES", "", 1), 0);
     expect_error(dir, 0, "bench --device cuda --tokens 100", "--device cuda", only);
+    ASSERT_EQ(::unsetenv("CUDA_VISIBLE_DEVICES"), 0);
     expect_error(dir, 2, "bench --tokens 100 --dtype bf16", "--dtype bf16 needs --device cuda (the CPU engine computes in float32)",
                  only);
     expect_error(dir, 0, "bench --tokens 100 --max-tokens", "--max-tokens needs --device cuda", only);
