@@ -17,9 +17,9 @@
 // Tensors are float32, bfloat16 or float16 (all of one call alike); arithmetic is float32.
 // Tokens are cut into segments of `segment_chunks` chunks of `chunk` tokens: sums over tokens
 // accumulate in float32 within a segment, segment totals combine in float64. Features are
-// recomputed in every pass, never stored; the only per-token buffers are the caller's q, k, v,
-// o, dout, dq, dk, dv. Workspace: two float32 states per segment, three per (batch, head) and one
-// float64 per block.
+// recomputed in every pass, never stored; the per-token buffers are the caller's q, k, v, o,
+// dout, dq, dk, dv, and (causal, KeyTotals::keep below) one float per token and head. Workspace:
+// two float32 states per segment, three per (batch, head) and one float64 per block.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -120,6 +120,9 @@ public:
     // type) takes them instead of recomputing them and calling `combine_keys` again: the caller
     // promises that the contents of k and v did not change in between. Any other call that
     // computes key totals drops what was kept; reuse with nothing matching kept throws Error.
+    // Causal: keep also keeps each query's normaliser (what o was divided by), and a reuse with
+    // the same q and o buffers too takes them instead of recomputing them in the query totals:
+    // o must be the forward's output for these inputs, as everywhere (v50).
     using StateCollective = std::function<void(DeviceState&)>;
     enum class KeyTotals { recompute, keep, reuse };
     void forward_step(const DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,

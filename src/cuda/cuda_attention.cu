@@ -86,6 +86,7 @@ struct Engine::Impl {
     DeviceBuffer<float> seg_s, seg_u;     // per-segment forward / backward states
     DeviceBuffer<float> glob_s, glob_u;   // non-causal: the one global state, float32
     DeviceBuffer<float> end_s;            // causal: the forward state after the shard, float32
+    DeviceBuffer<float> inv_den;          // causal, kept by forward_step: 1 / each query's normaliser (v50)
     DeviceBuffer<double> dbeta_part, dbeta_sum;
 
     Dims dims(const Shape& s, DType dtype) const {
@@ -170,14 +171,20 @@ struct Engine::Impl {
             }
             if (sizes && d.causal && !d.bucket && pass == Pass::forward) {
                 a.d = d;
+                normalisers_written = a.inv_den != nullptr;
                 if (d.D == 128) return launch_sweep<T, 128>(grid, a);
                 return launch_sweep<T, 64>(grid, a);
             }
-            // v14: the causal query totals from the forward's o (stream_causal_totals.cuh).
+            // v14: the causal query totals from the forward's o (stream_causal_totals.cuh); v50: and
+            // its normalisers, where the forward kept them.
             if (sizes && d.causal && !d.bucket && pass == Pass::query_state) {
                 a.d = d;
-                if (d.D == 128) return launch_causal_totals<T, 128>(grid, a);
-                return launch_causal_totals<T, 64>(grid, a);
+                if (a.inv_den) {
+                    if (d.D == 128) return launch_causal_totals<T, 128, true>(grid, a);
+                    return launch_causal_totals<T, 64, true>(grid, a);
+                }
+                if (d.D == 128) return launch_causal_totals<T, 128, false>(grid, a);
+                return launch_causal_totals<T, 64, false>(grid, a);
             }
             // v5: the common sizes as compile-time constants: P=4, L=4, chunk 32 and D=128 (the
             // benchmark's heads) or D=64 (the model's: width 512, 8 heads). v6: their layout has
@@ -217,10 +224,10 @@ struct Engine::Impl {
         using Lay = CausalLayout<T, D>;
         go(causal_sweep_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
     }
-    template <class T, int D>
+    template <class T, int D, bool kKeptNormalisers>
     void launch_causal_totals(dim3 grid, const SegmentArgs<T>& a) {
         using Lay = CausalTotalsLayout<T, D>;
-        go(causal_totals_kernel<T, D>, grid, Lay().total, a, Lay::kThreads);
+        go(causal_totals_kernel<T, D, kKeptNormalisers>, grid, Lay().total, a, Lay::kThreads);
     }
     template <class T, int D>
     void launch_backward_sweep(dim3 grid, const SegmentArgs<T>& a) {
@@ -284,6 +291,7 @@ struct Engine::Impl {
         a.s_end = end_s.data();
         a.dbeta_part = dbeta_part.data();
         a.split_dq = split_dq != nullptr;
+        a.inv_den = normalisers;
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
@@ -295,6 +303,10 @@ struct Engine::Impl {
         const void* v = nullptr;
         Shape shape;
         DType dtype = DType::f32;
+        // v50: inv_den holds the causal forward's normalisers for these q and o.
+        const void* q = nullptr;
+        const void* o = nullptr;
+        bool normalisers = false;
         bool matches(const DeviceTensor& k2, const DeviceTensor& v2) const {
             return valid && k == k2.data && v == v2.data && shape == k2.shape && dtype == k2.dtype;
         }
@@ -306,11 +318,17 @@ struct Engine::Impl {
     // Set only inside a non-causal backward_step (v8): the query totals pass also writes dq here
     // (and the queries' part of dbeta), and the backward pass computes only the keys' side.
     const DeviceTensor* split_dq = nullptr;
+    // Set only inside forward_step(KeyTotals::keep), for the causal forward to write 1 / den into
+    // (normalisers_written says whether its kernel did: v10 only), and inside a backward_step
+    // reusing them, for the causal query totals to read (v50).
+    float* normalisers = nullptr;
+    bool normalisers_written = false;
     struct ReadyGuard {
         Impl& m;
         ~ReadyGuard() {
             m.starts_ready = m.u_starts_ready = false;
             m.split_dq = nullptr;
+            m.normalisers = nullptr;
         }
     };
     void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
@@ -561,11 +579,16 @@ void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const De
         m.scan_key_totals(s, k.shape.batch * k.shape.heads, d.nseg);
         m.starts_ready = true;
     }
+    m.normalisers_written = false;
+    if (key_totals == KeyTotals::keep && m.config.causal) {
+        m.inv_den.reserve(std::max<std::int64_t>(1, k.shape.batch * k.shape.heads * k.shape.tokens));
+        m.normalisers = m.inv_den.data();
+    }
     forward(q, k, v, s, o);
     CUDA_CHECK(cudaStreamSynchronize(m.stream));  // s is freed on return, unless kept
     if (key_totals == KeyTotals::keep) {
         m.kept_s = std::move(s);
-        m.kept = {true, k.data, v.data, k.shape, k.dtype};
+        m.kept = {true, k.data, v.data, k.shape, k.dtype, q.data, o.data, m.normalisers_written};
     }
 }
 
@@ -586,6 +609,7 @@ double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const
             throw Error("backward_step: KeyTotals::reuse without a forward_step(KeyTotals::keep) over the same k "
                         "and v just before");
         s = std::move(m.kept_s);  // and seg_s holds the segment starts (causal)
+        if (m.kept.normalisers && m.kept.q == q.data && m.kept.o == o.data) m.normalisers = m.inv_den.data();
     } else {
         s = make_state(k.shape);
         key_state(k, v, s);

@@ -23,7 +23,8 @@
 // state's sums overflow fp16), as in the non-causal forward.
 //
 // (v11 ran the causal query totals on this sweep, recomputing o; v14 reads the forward's o
-// instead: stream_causal_totals.cuh.)
+// instead: stream_causal_totals.cuh. v50: given a.inv_den, the sweep also writes each query's
+// 1 / den there, for those totals.)
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -183,6 +184,13 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
         float inv[2];
         stream::inverse_normaliser(num, inv);
         store_rows<T, D>(a.o, row0, row_stride, n, num, inv);
+        if (a.inv_den && lane_id() % 4 == 0) {
+            // v50: the normalisers for the causal query totals (stream_causal_totals.cuh).
+            float* out = a.inv_den + bh * d.T + c0 + col0;
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+                if (g + 8 * r < n) out[g + 8 * r] = inv[r];
+        }
         slice.template add<ldp, ldv, kChunk>(phi_s, rows_s);
         __syncthreads();  // every read of sa, phi, rows, phiKB, vc for this chunk is done
 

@@ -22,6 +22,10 @@
 // The normaliser's products stay TF32. At most 128 registers: two blocks per multiprocessor
 // (v15; v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230
 // registers).
+//
+// v50: with kKeptNormalisers, 1 / den comes from the forward (a.inv_den, written by v10 under
+// Engine::KeyTotals::keep), so steps 1 and 2 shrink to the queries' features and the reads of
+// G, o and 1 / den: no keys, no diagonal block, no Z.
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -69,7 +73,7 @@ __device__ __forceinline__ void put_tile_sums(float* row, const float (&phi)[2][
 
 }  // namespace stream
 
-template <class T, int D>
+template <class T, int D, bool kKeptNormalisers>
 __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_totals_kernel(const SegmentArgs<T> a) {
     using Lay = CausalTotalsLayout<T, D>;
     using namespace warp;
@@ -87,95 +91,107 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     const int seg = blk.seg, seg_begin = blk.begin, seg_end = blk.end;
     const long long row_stride = blk.row_stride, bh = blk.bh;
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
-    stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, s_start);
+    if constexpr (!kKeptNormalisers)
+        stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, a.s_start + (bh * d.nseg + seg) * a.s_seg_stride);
     noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
     noncausal::StateSlice<D> u_slice;
     __syncthreads();
 
-    int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
+    [[maybe_unused]] int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
         const int t0 = c0 + kTile * warp_id;
         const int n = max(0, min(kTile, seg_end - t0));
         const long long row0 = blk.row_of(min(t0, seg_end - 1));
         const int col0 = kTile * warp_id;
-        // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
-        float phq[2][kR], diag[2];
-        {
+        float phq[2][kR], inv[2];  // the queries' features, 1 / den (0 beyond the segment)
+        if constexpr (kKeptNormalisers) {
+            // 1-2. The queries' features; 1 / den as the forward divided o by.
             float u[2][kP];
-            uint2 kb[4][2];  // phi(k)^T as bf16 B fragments: k-step ks (table t, buckets 4ks ..), n-tile r = key row g + 8r
-            {
-                float phk[2][kR];
-                Rows<T, D> xk;
-                xk.load(a.k, row0, row_stride, n);
-                warp16::project<T, D>(xk, wpu, u);
-                features(u, d.beta, n, phk);
-                stream::put_tile_sums(zt + warp_id * ldZ, phk);
-#pragma unroll
-                for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-                    for (int r = 0; r < 2; ++r)
-                        kb[ks][r] = make_uint2(warp16::pack(phk[r][4 * ks], phk[r][4 * ks + 1]),
-                                               warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
-            }
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
             warp16::project<T, D>(xq, wpu, u);
-            features(u, d.beta, n, phq);
-            // att = phi(q) phi(k)^T (bf16 operands, v35): B's column g of n-tile nt is key g + 8 nt.
-            float att[2][4] = {};
+            features<Recip::approx>(u, d.beta, n, phq);
+            const float* kept = a.inv_den + bh * d.T + c0 + col0;
 #pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-                std::uint32_t af[4];
-                warp16::feature_frag(phq, ks, af);
+            for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? kept[g + 8 * r] : 0.0f;
+        } else {
+            // 1. Features of the tile's keys (their sum) and queries, the diagonal block.
+            float diag[2];
+            {
+                float u[2][kP];
+                uint2 kb[4][2];  // phi(k)^T as bf16 B fragments: k-step ks (table t, buckets 4ks ..), n-tile r = key row g + 8r
+                {
+                    float phk[2][kR];
+                    Rows<T, D> xk;
+                    xk.load(a.k, row0, row_stride, n);
+                    warp16::project<T, D>(xk, wpu, u);
+                    features(u, d.beta, n, phk);
+                    stream::put_tile_sums(zt + warp_id * ldZ, phk);
 #pragma unroll
-                for (int nt = 0; nt < 2; ++nt) warp16::mma(att[nt], af, kb[ks][nt]);
+                    for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+                        for (int r = 0; r < 2; ++r)
+                            kb[ks][r] = make_uint2(warp16::pack(phk[r][4 * ks], phk[r][4 * ks + 1]),
+                                                   warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
+                }
+                Rows<T, D> xq;
+                xq.load(a.q, row0, row_stride, n);
+                warp16::project<T, D>(xq, wpu, u);
+                features(u, d.beta, n, phq);
+                // att = phi(q) phi(k)^T (bf16 operands, v35): B's column g of n-tile nt is key g + 8 nt.
+                float att[2][4] = {};
+#pragma unroll
+                for (int ks = 0; ks < 4; ++ks) {
+                    std::uint32_t af[4];
+                    warp16::feature_frag(phq, ks, af);
+#pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) warp16::mma(att[nt], af, kb[ks][nt]);
+                }
+                stream::mask_diagonal(att);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) diag[r] = att[0][2 * r] + att[0][2 * r + 1] + att[1][2 * r] + att[1][2 * r + 1];
             }
-            stream::mask_diagonal(att);
-#pragma unroll
-            for (int r = 0; r < 2; ++r) diag[r] = att[0][2 * r] + att[0][2 * r + 1] + att[1][2 * r] + att[1][2 * r + 1];
-        }
-        __syncthreads();  // zt's tile sums
+            __syncthreads();  // zt's tile sums
 
-        // 2. den = phi(q) . (sum before the chunk + tiles 0 .. w-1) + the diagonal block's row sum.
-        float den[2];
-        {
-            float zc[2][4] = {};
+            // 2. den = phi(q) . (sum before the chunk + tiles 0 .. w-1) + the diagonal block's row sum.
+            float den[2];
+            {
+                float zc[2][4] = {};
 #pragma unroll
-            for (int ks = 0; ks < 8; ++ks) {
-                std::uint32_t af[4];
-                feature_frag(phq, ks, af);
-                const int f = kR * t + 2 * ks;
-                const float2 tile = *reinterpret_cast<const float2*>(zt + g * ldZ + f);
-                mma(zc[0], af, tf32(tile.x), tf32(tile.y));
-                const float2 prev = g == 0 ? *reinterpret_cast<const float2*>(zt + before * ldZ + f) : make_float2(0.0f, 0.0f);
-                mma(zc[1], af, tf32(prev.x), tf32(prev.y));
-            }
+                for (int ks = 0; ks < 8; ++ks) {
+                    std::uint32_t af[4];
+                    feature_frag(phq, ks, af);
+                    const int f = kR * t + 2 * ks;
+                    const float2 tile = *reinterpret_cast<const float2*>(zt + g * ldZ + f);
+                    mma(zc[0], af, tf32(tile.x), tf32(tile.y));
+                    const float2 prev = g == 0 ? *reinterpret_cast<const float2*>(zt + before * ldZ + f) : make_float2(0.0f, 0.0f);
+                    mma(zc[1], af, tf32(prev.x), tf32(prev.y));
+                }
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                // C column 2t + h of n-tile 0 is tile 2t + h; n-tile 1 has the sum before the chunk in column 0.
-                den[r] = sum_over_t(diag[r] + zc[1][2 * r] + (2 * t < warp_id ? zc[0][2 * r] : 0.0f) +
-                                    (2 * t + 1 < warp_id ? zc[0][2 * r + 1] : 0.0f));
+                for (int r = 0; r < 2; ++r) {
+                    // C column 2t + h of n-tile 0 is tile 2t + h; n-tile 1 has the sum before the chunk in column 0.
+                    den[r] = sum_over_t(diag[r] + zc[1][2 * r] + (2 * t < warp_id ? zc[0][2 * r] : 0.0f) +
+                                        (2 * t + 1 < warp_id ? zc[0][2 * r + 1] : 0.0f));
+                }
             }
-        }
-        if (warp_id == Lay::kWarps - 1) {
-            // The sum past the chunk into the other copy (read by every warp after the next chunk's
-            // first barrier; this chunk's second barrier orders the write before those reads).
-            const int after = 2 * Lay::kWarps + 1 - before;
-            for (int f = lane_id(); f < kM; f += 32) {
-                float z = zt[before * ldZ + f];
-                for (int w = 0; w < Lay::kWarps; ++w) z += zt[w * ldZ + f];
-                zt[after * ldZ + f] = z;
-            }
-        }
-        before = 2 * Lay::kWarps + 1 - before;
-        {
-            // phi(q) / den, G and -(G . o) (the state's column D) as the chunk's rows.
-            float inv[2];
 #pragma unroll
             for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
+            if (warp_id == Lay::kWarps - 1) {
+                // The sum past the chunk into the other copy (read by every warp after the next chunk's
+                // first barrier; this chunk's second barrier orders the write before those reads).
+                const int after = 2 * Lay::kWarps + 1 - before;
+                for (int f = lane_id(); f < kM; f += 32) {
+                    float z = zt[before * ldZ + f];
+                    for (int w = 0; w < Lay::kWarps; ++w) z += zt[w * ldZ + f];
+                    zt[after * ldZ + f] = z;
+                }
+            }
+            before = 2 * Lay::kWarps + 1 - before;
+        }
+        {
+            // phi(q) / den, G and -(G . o) (the state's column D) as the chunk's rows.
             noncausal::put_features<ldp>(phi_s, col0, phq, inv);
             Rows<T, D> xg, xo;
             xg.load(a.dout, row0, row_stride, n);
