@@ -86,8 +86,7 @@ struct Engine::Impl {
     DeviceBuffer<float> seg_s, seg_u;     // per-segment forward / backward states
     DeviceBuffer<float> glob_s, glob_u;   // non-causal: the one global state, float32
     DeviceBuffer<float> end_s;            // causal: the forward state after the shard, float32
-    DeviceBuffer<float> inv_den;          // causal: 1 / each query's normaliser (v50, v51)
-    DeviceBuffer<float> minus_g_dot_o;    // causal: -(dout . o) of each query (v52)
+    DeviceBuffer<float> inv_den;          // causal, kept by forward_step: 1 / each query's normaliser (v50)
     DeviceBuffer<double> dbeta_part, dbeta_sum;
 
     Dims dims(const Shape& s, DType dtype) const {
@@ -297,7 +296,6 @@ struct Engine::Impl {
         a.inv_den = pass == Pass::forward ? (write_normalisers ? inv_den.data() : nullptr)
                                           : (config.causal ? inv_den.data() : nullptr);
         a.inv_den_kept = normalisers_kept;
-        a.minus_g_dot_o = config.causal ? minus_g_dot_o.data() : nullptr;
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
@@ -345,13 +343,9 @@ struct Engine::Impl {
         }
     }
 
-    // Room for 1 / den and -(dout . o) of every token and head (causal; contents kept when it
-    // does not grow).
+    // Room for 1 / den of every token and head (causal; contents kept when it does not grow).
     void reserve_normalisers(const Shape& s) {
-        if (!config.causal) return;
-        const std::int64_t n = std::max<std::int64_t>(1, s.batch * s.heads * s.tokens);
-        inv_den.reserve(n);
-        minus_g_dot_o.reserve(n);
+        if (config.causal) inv_den.reserve(std::max<std::int64_t>(1, s.batch * s.heads * s.tokens));
     }
 
     // The forward state at every segment's start: returns (pointer, stride between segments).

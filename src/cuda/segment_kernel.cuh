@@ -59,7 +59,6 @@ struct SegmentArgs {
     // not null (v50); the query totals read it when inv_den_kept, else write it; v12 reads it (v51).
     float* inv_den;
     bool inv_den_kept;
-    float* minus_g_dot_o;  // causal warp tiles: c = -(dout . o) per query, [B, H, T]; the query totals write it, v12 reads it (v52)
 };
 
 // State tile (M x W, padded) from/to a contiguous M*W block. The loads go out in batches of 8 per

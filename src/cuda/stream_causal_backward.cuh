@@ -9,8 +9,7 @@
 //      segment (float64 scan) and gains each chunk's queries: additions only.
 // Each state is kept in float32 (the sums) and as a bf16 copy of its first D columns (the
 // operands); its column D (the normaliser's) is read from the float32 copy, as the non-causal
-// passes do. With Wm_i = [G_i, c_i] / den_i, c_i = -(G_i . o_i), where den_i is what o_i was
-// divided by and both come from the causal query totals (a.inv_den, a.minus_g_dot_o; v51, v52):
+// passes do. With Wm_i = [G_i, c_i] / den_i, c_i = -(G_i . o_i) from the forward's o (v14):
 //   dL/dphi(q_i) = (G_i S[:, :D]^T + c_i S[:, D]^T + sum_{j <= i} (G_i . v_j + c_i) phi(k_j)) / den_i,
 //   dL/dphi(k_j) = [v_j, 1] U^T + sum_{i >= j} (G_i . v_j + c_i) phi(q_i) / den_i,
 //   dv_j = phi(k_j) U[:, :D] + sum_{i >= j} (phi(k_j) . phi(q_i) / den_i) G_i,
@@ -20,17 +19,19 @@
 // (fp16 rows: G . o from G rounded to bf16, as the products take it: stream::row_dots).
 // Warps 0-3 take the queries of tile w, warps 4-7 the keys of tile w - 4. Per chunk:
 //   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; barrier;
-//   2. all: S minus the chunk's keys (each warp a slice of the state); barrier;
-//   3. queries: the blocks phi(q_i) phi(k_j)^T (j <= i) scaled by 1 / den_i and the blocks
-//      G_i . v_j + c_i into shared memory for the keys; phi(q) / den and [G, c] into the chunk's
-//      tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
+//   2. all: S minus the chunk's keys (each warp a slice of the state), read first at step 4;
+//   3. queries: 1 / den (a.inv_den, v51) and the blocks phi(q_i) phi(k_j)^T (j <= i); the blocks scaled by
+//      1 / den_i and the blocks G_i . v_j + c_i into shared memory for the keys; phi(q) / den and
+//      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
 //      dk and dv; all: U plus the chunk's queries; barrier.
 // Every operand is read with ldmatrix. Along the features the tiles and states keep the order
 // of the C tiles over features (feature_pos), along the D columns that of the C tiles over
 // columns (column_pos): one layout serves both products of a state (k over features, k over
 // columns: ldmatrix with and without .trans), and every product's output is in the order that
-// dphi_of and store_rows read. The next chunk's q or k rows are loaded at the end of step 4 (v26).
+// dphi_of and store_rows read. The query warps copy the chunk's o rows into shared memory with
+// cp.async at step 1 and read them at step 3 (v23); the next chunk's q or k rows are loaded at
+// the end of step 4 (v26).
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -50,9 +51,9 @@ struct CausalBackwardLayout {
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
     static constexpr int ldP = 24;                            // bf16 blocks [query][key]: rows 48 bytes apart
     static constexpr int kBlock = warp::kTile * ldP;
-    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, total;
+    std::size_t red, wpu, wpd, s, u, sb, ub, phiK, phiQ, vt, gt, pairs, stage, total;
     __host__ __device__ constexpr CausalBackwardLayout()
-        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), total(0) {
+        : red(0), wpu(0), wpd(0), s(0), u(0), sb(0), ub(0), phiK(0), phiQ(0), vt(0), gt(0), pairs(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -72,6 +73,7 @@ struct CausalBackwardLayout {
         vt = take(kChunk * ldv * b16);
         gt = take(kChunk * ldv * b16);
         pairs = take(kPairs * 2 * kBlock * b16);
+        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
         total = at;
     }
 };
@@ -295,6 +297,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     bf16* vt = reinterpret_cast<bf16*>(sm + lay.vt);
     bf16* gt = reinterpret_cast<bf16*>(sm + lay.gt);
     bf16* pairs = reinterpret_cast<bf16*>(sm + lay.pairs);
+    const StagedRows<T, D> stage_o{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32 % 4) * (StagedRows<T, D>::kBytes / 16)};
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -337,15 +340,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         float u[2][kP], phi[2][kR];
         Rows<T, D> x2;
         x2.load(queries ? a.dout : a.v, row0, row_stride, n);
-        float inv[2], c[2];  // queries: 1 / den and c = -(G . o) from the query totals (v51, v52)
-        if (queries) {
-            const long long at = bh * d.T + blk.begin + ci * kChunk + col0;
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                inv[r] = g + 8 * r < n ? a.inv_den[at + g + 8 * r] : 0.0f;
-                c[r] = g + 8 * r < n ? a.minus_g_dot_o[at + g + 8 * r] : 0.0f;
-            }
-        }
+        if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
         warp16::project<T, D>(x1, wpu, u);
         features(u, d.beta, n, phi);
         if (!queries) {
@@ -356,19 +351,24 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         }
         __syncthreads();  // phiK, [v, 1] of the chunk
 
-        // 2. S before the chunk.
+        // 2. S before the chunk, first read at step 4 (v51: no barrier here).
         if (ci == 0) load_state<D, ldS, ldv>(S, Sb, s_starts + seg * a.s_seg_stride);
         else add_chunk<D, ldS, ldp, ldv, kChunk>(S, Sb, -1.0f, phiK, vt);
-        __syncthreads();  // S
 
         // 3. Queries: the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
         float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
         float dv[NTD][4] = {};  // keys
+        float inv[2], c[2];     // queries: 1 / den, -(G . o)
         const int i8 = lane_id() % 8, j8 = lane_id() / 8;  // ldmatrix: lane 8 j8 + i8 addresses row i8 of block j8
         if (queries) {
             std::uint32_t qa[4][4];  // phi(q) as A fragments over the features
 #pragma unroll
             for (int ks = 0; ks < 4; ++ks) warp16::feature_frag(phi, ks, qa[ks]);
+            {
+                const float* kept = a.inv_den + bh * d.T + blk.begin + ci * kChunk + col0;
+#pragma unroll
+                for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? kept[g + 8 * r] : 0.0f;
+            }
             float pk[Lay::kTiles][2][4];  // phi(q) phi(k_j)^T, masked
 #pragma unroll
             for (int j = 0; j < Lay::kTiles; ++j) {
@@ -384,6 +384,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 stream::halves_sum(half, pk[j]);
                 if (j == tile) stream::mask_diagonal(pk[j]);
             }
+            {
+                Rows<T, D> xo;
+                stage_o.read(xo);
+                stream::row_dots(x2, xo, c);
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) c[r] = -c[r];
 #pragma unroll
             for (int j = 0; j < Lay::kTiles; ++j) {
                 if (j > tile) continue;
@@ -424,7 +431,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dph[nf][e] += col_d_at(U, nf, e);
         }
-        __syncthreads();  // the blocks, phiQ, [G, c]
+        __syncthreads();  // S; the blocks, phiQ, [G, c]
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         if (queries) {

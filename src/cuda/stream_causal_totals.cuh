@@ -26,8 +26,7 @@
 // v50: with kKeptNormalisers, 1 / den comes from the forward (a.inv_den, written by v10 under
 // Engine::KeyTotals::keep), so steps 1 and 2 shrink to the queries' features and the reads of
 // G, o and 1 / den: no keys, no diagonal block, no Z. Without, the kernel writes the 1 / den it
-// computes into a.inv_den, where v12 reads them (v51). Both forms write c = -(G . o) into
-// a.minus_g_dot_o for v12 (v52).
+// computes into a.inv_den, where v12 reads them (v51).
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -211,13 +210,6 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
 #pragma unroll
             for (int r = 0; r < 2; ++r) go[r] = -go[r];
             noncausal::put_column_d<D, ldv>(rows_s, col0, go);
-            if (t == 0) {
-                // v52: for v12, which reads c there instead of the o rows.
-                float* out = a.minus_g_dot_o + bh * d.T + c0 + col0;
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    if (g + 8 * r < n) out[g + 8 * r] = go[r];
-            }
         }
         __syncthreads();  // the chunk's features and rows
 
