@@ -18,9 +18,8 @@
 // Tokens are cut into segments of `segment_chunks` chunks of `chunk` tokens: sums over tokens
 // accumulate in float32 within a segment, segment totals combine in float64. Features are
 // recomputed in every pass, never stored; the per-token buffers are the caller's q, k, v, o,
-// dout, dq, dk, dv, and (causal) one float per token and head: each query's 1 / normaliser,
-// which the backward's passes share. Workspace: two float32 states per segment, three per
-// (batch, head) and one float64 per block.
+// dout, dq, dk, dv, and (causal, KeyTotals::keep below) one float per token and head. Workspace:
+// two float32 states per segment, three per (batch, head) and one float64 per block.
 #pragma once
 
 #include <cuda_runtime.h>

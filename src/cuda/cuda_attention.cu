@@ -179,7 +179,7 @@ struct Engine::Impl {
             // its normalisers, where the forward kept them.
             if (sizes && d.causal && !d.bucket && pass == Pass::query_state) {
                 a.d = d;
-                if (a.inv_den_kept) {
+                if (a.inv_den) {
                     if (d.D == 128) return launch_causal_totals<T, 128, true>(grid, a);
                     return launch_causal_totals<T, 64, true>(grid, a);
                 }
@@ -291,11 +291,7 @@ struct Engine::Impl {
         a.s_end = end_s.data();
         a.dbeta_part = dbeta_part.data();
         a.split_dq = split_dq != nullptr;
-        // v50, v51: the causal forward writes 1 / den only for a forward_step that keeps them; the
-        // causal query totals read those or write their own, and v12 reads what is there.
-        a.inv_den = pass == Pass::forward ? (write_normalisers ? inv_den.data() : nullptr)
-                                          : (config.causal ? inv_den.data() : nullptr);
-        a.inv_den_kept = normalisers_kept;
+        a.inv_den = normalisers;
         launch<T>(pass, d, a, batch);
     }
     const float* u_end = nullptr;  // set by backward for the causal pass
@@ -323,15 +319,16 @@ struct Engine::Impl {
     // (and the queries' part of dbeta), and the backward pass computes only the keys' side.
     const DeviceTensor* split_dq = nullptr;
     // Set only inside forward_step(KeyTotals::keep), for the causal forward to write 1 / den into
-    // inv_den (normalisers_written says whether its kernel did: v10 only), and inside a
-    // backward_step reusing them, for the causal query totals to read instead of writing (v50).
-    bool write_normalisers = false, normalisers_written = false, normalisers_kept = false;
+    // (normalisers_written says whether its kernel did: v10 only), and inside a backward_step
+    // reusing them, for the causal query totals to read (v50).
+    float* normalisers = nullptr;
+    bool normalisers_written = false;
     struct ReadyGuard {
         Impl& m;
         ~ReadyGuard() {
             m.starts_ready = m.u_starts_ready = false;
             m.split_dq = nullptr;
-            m.write_normalisers = m.normalisers_kept = false;
+            m.normalisers = nullptr;
         }
     };
     void run(Pass pass, DType dtype, const Dims& d, const Tensors& t, std::int64_t batch, float* seg_out,
@@ -341,11 +338,6 @@ struct Engine::Impl {
             case DType::bf16: run_typed<__nv_bfloat16>(pass, d, t, batch, seg_out, s_start, s_stride, u_start, u_stride); break;
             case DType::f16: run_typed<__half>(pass, d, t, batch, seg_out, s_start, s_stride, u_start, u_stride); break;
         }
-    }
-
-    // Room for 1 / den of every token and head (causal; contents kept when it does not grow).
-    void reserve_normalisers(const Shape& s) {
-        if (config.causal) inv_den.reserve(std::max<std::int64_t>(1, s.batch * s.heads * s.tokens));
     }
 
     // The forward state at every segment's start: returns (pointer, stride between segments).
@@ -502,7 +494,6 @@ void Engine::query_state(const DeviceTensor& q, const DeviceTensor& k, const Dev
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
     const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
     m.seg_u.reserve(std::max<std::int64_t>(1, seqs * d.nseg * m.state_size()));
-    m.reserve_normalisers(k.shape);
     Impl::Tensors t;
     t.q = &q;
     t.k = &k;
@@ -537,7 +528,6 @@ double Engine::backward(const DeviceTensor& q, const DeviceTensor& k, const Devi
     const std::int64_t seqs = k.shape.batch * k.shape.heads;
     if (d.nseg == 0) return 0.0;
     const auto [s_start, s_stride] = m.forward_starts(k, v, incoming);
-    m.reserve_normalisers(k.shape);
     Impl::Tensors t;
     t.q = &q;
     t.k = &k;
@@ -591,8 +581,8 @@ void Engine::forward_step(const DeviceTensor& q, const DeviceTensor& k, const De
     }
     m.normalisers_written = false;
     if (key_totals == KeyTotals::keep && m.config.causal) {
-        m.reserve_normalisers(k.shape);
-        m.write_normalisers = true;
+        m.inv_den.reserve(std::max<std::int64_t>(1, k.shape.batch * k.shape.heads * k.shape.tokens));
+        m.normalisers = m.inv_den.data();
     }
     forward(q, k, v, s, o);
     CUDA_CHECK(cudaStreamSynchronize(m.stream));  // s is freed on return, unless kept
@@ -619,7 +609,7 @@ double Engine::backward_step(const DeviceTensor& q, const DeviceTensor& k, const
             throw Error("backward_step: KeyTotals::reuse without a forward_step(KeyTotals::keep) over the same k "
                         "and v just before");
         s = std::move(m.kept_s);  // and seg_s holds the segment starts (causal)
-        m.normalisers_kept = m.kept.normalisers && m.kept.q == q.data && m.kept.o == o.data;
+        if (m.kept.normalisers && m.kept.q == q.data && m.kept.o == o.data) m.normalisers = m.inv_den.data();
     } else {
         s = make_state(k.shape);
         key_state(k, v, s);

@@ -55,10 +55,9 @@ struct SegmentArgs {
     const float* s_end;       // causal backward (v12): the forward state after the shard, [B, H, M, W]
     double* dbeta_part;       // backward: one float64 per block
     bool split_dq;            // v8, non-causal: query totals also give dq; the backward the keys' side only
-    // Causal warp tiles: 1 / each query's normaliser, [B, H, T]. The forward (v10) writes it when
-    // not null (v50); the query totals read it when inv_den_kept, else write it; v12 reads it (v51).
+    // v50, causal warp tiles: 1 / each query's normaliser, [B, H, T]. Null, or written by the
+    // forward (v10) and read by the query totals in place of recomputing it.
     float* inv_den;
-    bool inv_den_kept;
 };
 
 // State tile (M x W, padded) from/to a contiguous M*W block. The loads go out in batches of 8 per

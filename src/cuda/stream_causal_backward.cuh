@@ -19,8 +19,8 @@
 // (fp16 rows: G . o from G rounded to bf16, as the products take it: stream::row_dots).
 // Warps 0-3 take the queries of tile w, warps 4-7 the keys of tile w - 4. Per chunk:
 //   1. all: rows in, features; keys: phi(k) and [v, 1] into the chunk's tiles; barrier;
-//   2. all: S minus the chunk's keys (each warp a slice of the state), read first at step 4;
-//   3. queries: 1 / den (a.inv_den, v51) and the blocks phi(q_i) phi(k_j)^T (j <= i); the blocks scaled by
+//   2. all: S minus the chunk's keys (each warp a slice of the state); barrier;
+//   3. queries: den from S[:, D] and the blocks phi(q_i) phi(k_j)^T (j <= i); the blocks scaled by
 //      1 / den_i and the blocks G_i . v_j + c_i into shared memory for the keys; phi(q) / den and
 //      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
@@ -326,6 +326,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     // The warp's tile of chunk ci: its rows and its first row (clamped into the segment).
     auto tile_rows = [&](int ci) { return max(0, min(kTile, blk.end - (blk.begin + ci * kChunk + kTile * tile))); };
     auto tile_row = [&](int ci) { return blk.row_of(min(blk.begin + ci * kChunk + kTile * tile, blk.end - 1)); };
+    // The features' order in the states: lane t's bucket b of a row.
+    auto state_col_d = [&](const float* x, int b) { return x[feature_pos(kR * t + b) * ldS + D]; };
     // Column D of a state by the C tiles over features: n-tile nf, element e.
     auto col_d_at = [&](const float* x, int nf, int e) { return x[(8 * nf + 2 * t + e % 2) * ldS + D]; };
     const float one[2] = {1.0f, 1.0f};
@@ -351,11 +353,12 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         }
         __syncthreads();  // phiK, [v, 1] of the chunk
 
-        // 2. S before the chunk, first read at step 4 (v51: no barrier here).
+        // 2. S before the chunk.
         if (ci == 0) load_state<D, ldS, ldv>(S, Sb, s_starts + seg * a.s_seg_stride);
         else add_chunk<D, ldS, ldp, ldv, kChunk>(S, Sb, -1.0f, phiK, vt);
+        __syncthreads();  // S
 
-        // 3. Queries: the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
+        // 3. Queries: den, the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
         float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
         float dv[NTD][4] = {};  // keys
         float inv[2], c[2];     // queries: 1 / den, -(G . o)
@@ -364,10 +367,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             std::uint32_t qa[4][4];  // phi(q) as A fragments over the features
 #pragma unroll
             for (int ks = 0; ks < 4; ++ks) warp16::feature_frag(phi, ks, qa[ks]);
-            {
-                const float* kept = a.inv_den + bh * d.T + blk.begin + ci * kChunk + col0;
+            float den[2];
 #pragma unroll
-                for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? kept[g + 8 * r] : 0.0f;
+            for (int r = 0; r < 2; ++r) {
+                float z = 0.0f;
+#pragma unroll
+                for (int b = 0; b < kR; ++b) z += phi[r][b] * state_col_d(S, b);
+                den[r] = z;
             }
             float pk[Lay::kTiles][2][4];  // phi(q) phi(k_j)^T, masked
 #pragma unroll
@@ -383,6 +389,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 }
                 stream::halves_sum(half, pk[j]);
                 if (j == tile) stream::mask_diagonal(pk[j]);
+#pragma unroll
+                for (int r = 0; r < 2; ++r) den[r] += pk[j][0][2 * r] + pk[j][0][2 * r + 1] + pk[j][1][2 * r] + pk[j][1][2 * r + 1];
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const float whole = sum_over_t(den[r]);  // on every lane: a shuffle of the whole warp
+                inv[r] = g + 8 * r < n ? 1.0f / whole : 0.0f;
             }
             {
                 Rows<T, D> xo;
@@ -431,7 +444,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dph[nf][e] += col_d_at(U, nf, e);
         }
-        __syncthreads();  // S; the blocks, phiQ, [G, c]
+        __syncthreads();  // the blocks, phiQ, [G, c]
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         if (queries) {

@@ -25,8 +25,7 @@
 //
 // v50: with kKeptNormalisers, 1 / den comes from the forward (a.inv_den, written by v10 under
 // Engine::KeyTotals::keep), so steps 1 and 2 shrink to the queries' features and the reads of
-// G, o and 1 / den: no keys, no diagonal block, no Z. Without, the kernel writes the 1 / den it
-// computes into a.inv_den, where v12 reads them (v51).
+// G, o and 1 / den: no keys, no diagonal block, no Z.
 #pragma once
 
 #include "stream_noncausal.cuh"
@@ -179,13 +178,6 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
             }
 #pragma unroll
             for (int r = 0; r < 2; ++r) inv[r] = g + 8 * r < n ? 1.0f / den[r] : 0.0f;
-            if (t == 0) {
-                // v51: for v12, which reads them from there.
-                float* out = a.inv_den + bh * d.T + c0 + col0;
-#pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    if (g + 8 * r < n) out[g + 8 * r] = inv[r];
-            }
             if (warp_id == Lay::kWarps - 1) {
                 // The sum past the chunk into the other copy (read by every warp after the next chunk's
                 // first barrier; this chunk's second barrier orders the write before those reads).
