@@ -378,7 +378,7 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
 // A backward that reuses the forward's key totals (Engine::KeyTotals) gives the bits of one that
 // recomputes them (the kernels are deterministic: no atomics). A reuse request over other k, v
 // buffers, or after another call computed key totals, is refused (Error), and the engine then
-// still gives a fresh run's bits. The causal kernel normalisation on warp tiles (bf16) also
+// still gives a fresh run's bits. The causal kernel normalisation on warp tiles (16-bit) also
 // reuses the forward's normalisers (v50) where the recomputation has its own (TF32 products
 // against v10's bf16 state column, 2^-9 relative apart): there the reuse is held to the bf16
 // tolerance of the sharded runs (1e-2, GpuRanksWarpTiles) against the recomputation, and to its
@@ -386,7 +386,7 @@ TEST(CudaShards, IncomingStatesEqualOneShard) {
 TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
     SKIP_WITHOUT_GPU();
     using KT = cuda::Engine::KeyTotals;
-    for (DType dt : {DType::f32, DType::bf16})  // bf16 at D=128, P=4, L=4: the fixed-size kernels
+    for (DType dt : {DType::f32, DType::bf16, DType::f16})  // 16-bit at D=128, P=4, L=4: the warp-tile kernels
         for (bool causal : {false, true})
             for (bool bucket : {false, true}) {
                 Case c{128, 4, 4, causal, bucket, dt};
@@ -423,7 +423,7 @@ TEST(CudaEngine, BackwardReusesTheForwardsKeyTotals) {
                     EXPECT_EQ(dv.download(), want.dv);
                     EXPECT_EQ(dbeta, want.dbeta);
                 };
-                const bool kept_normalisers = causal && !bucket && dt == DType::bf16;
+                const bool kept_normalisers = causal && !bucket && dt != DType::f32;
 
                 engine.forward_step(q.view(), k.view(), v.view(), o.view(), none, KT::keep);
                 EXPECT_EQ(o.download(), fresh.o);
