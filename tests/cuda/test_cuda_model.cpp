@@ -62,13 +62,13 @@ struct Problem {
 // Parameters away from the initial point (norms not all 1, larger embeddings, betas per layer),
 // random tokens.
 Problem make_problem(int layers, int width, int heads, int vocab, std::int64_t batch, std::int64_t tokens,
-                     std::uint32_t seed) {
+                     std::uint32_t seed, int tables = 2, int planes = 3) {
     Problem p;
     p.config.layers = layers;
     p.config.width = width;
     p.config.heads = heads;
-    p.config.tables = 2;
-    p.config.planes = 3;
+    p.config.tables = tables;
+    p.config.planes = planes;
     p.config.beta = 1.5;
     p.config.vocab = vocab;
     p.config.seed = seed;
@@ -173,6 +173,22 @@ TEST(CudaModel, Bf16MatchesCpuLoosely) {
     const Result gpu = run_gpu(p, {});
     compare(p, gpu, cpu, 2e-3, 5e-2, "bf16");
     EXPECT_GE(agreement(gpu.predictions, cpu.predictions), 0.9);
+}
+
+// Heads of 64 with P = L = 4: the attention runs the warp-tile kernels, and each block's backward
+// reuses its forward's key totals and normalisers (the engine kept in the block's cache).
+TEST(CudaModel, Bf16OnTheWarpTileKernelsMatchesCpuLoosely) {
+    SKIP_WITHOUT_GPU();
+    const Problem p = make_problem(2, 128, 2, 256, 1, 2500, 11, 4, 4);
+    const Result cpu = run_cpu(p);
+    const Result gpu = run_gpu(p, {});
+    compare(p, gpu, cpu, 2e-3, 5e-2, "bf16 warp tiles");
+    EXPECT_GE(agreement(gpu.predictions, cpu.predictions), 0.9);
+    gpu::CudaModelOptions recompute;
+    recompute.recompute = true;
+    const Result again = run_gpu(p, recompute);
+    EXPECT_EQ(again.loss, gpu.loss);
+    EXPECT_EQ(again.grad, gpu.grad);
 }
 
 TEST(CudaModel, LargeVocabularyInSeveralHeadPasses) {

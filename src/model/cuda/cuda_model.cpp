@@ -49,6 +49,9 @@ struct BlockCache {
     Bytes q, k, v, o;  // dtype [n, c]
     Bytes x_mid;       // float32 [n, c]: the residual stream after attention
     Bytes u;           // dtype [n, 4c]: the MLP's hidden layer before GELU
+    // The attention engine of the block's forward, kept for its backward: that reuses the
+    // forward's key totals and normalisers over the same q, k, v and o (Engine::KeyTotals).
+    std::unique_ptr<racesp::cuda::Engine> attention;
 };
 
 struct CudaModel::Impl {
@@ -181,9 +184,12 @@ struct CudaModel::Impl {
         AttentionConfig ac = attention_config(config, l);
         ac.beta = beta;
         auto e = std::make_unique<racesp::cuda::Engine>(ac, planes[static_cast<std::size_t>(l)]);
-        CUDA_CHECK(cudaEventRecord(ready, stream));
-        CUDA_CHECK(cudaStreamWaitEvent(e->stream(), ready, 0));
+        order_after_stream(*e);
         return e;
+    }
+    void order_after_stream(racesp::cuda::Engine& e) {
+        CUDA_CHECK(cudaEventRecord(ready, stream));
+        CUDA_CHECK(cudaStreamWaitEvent(e.stream(), ready, 0));
     }
     // Time in the attention layers (engine calls, which return when their work is done; the
     // stream is drained first so that the time is theirs alone).
@@ -198,9 +204,10 @@ struct CudaModel::Impl {
         ~AttentionTimer() { m.attention_s += now() - start; }
     };
 
-    // Block l's forward from xs[l]: fills k and, with `write_output`, xs[l + 1].
+    // Block l's forward from xs[l]: fills k and, with `write_output`, xs[l + 1]; with
+    // `keep_for_backward`, k.attention for the backward that follows.
     double forward_block(Collectives& sp, const float* P, int l, double beta, BlockCache& k, const Shape& shape,
-                         bool write_output) {
+                         bool write_output, bool keep_for_backward) {
         const ParameterLayout::Block& B = layout.blocks[static_cast<std::size_t>(l)];
         const std::int64_t n = shape.batch * shape.tokens, c = config.width, c4 = 4 * c;
         const float* x_in = x(l);
@@ -212,10 +219,12 @@ struct CudaModel::Impl {
         {
             AttentionTimer timer(*this);
             auto e = engine(l, beta);
+            using KeyTotals = racesp::cuda::Engine::KeyTotals;
             const StepTimes st = racesp::cuda::device_distributed_forward(
                 *e, sp, tensor(k.q.data(), shape), tensor(k.k.data(), shape), tensor(k.v.data(), shape),
-                tensor(k.o.data(), shape));
+                tensor(k.o.data(), shape), keep_for_backward ? KeyTotals::keep : KeyTotals::recompute);
             collective += st.collective_s;
+            k.attention = keep_for_backward ? std::move(e) : nullptr;
         }
         // x_mid = x_in + o Wo
         float* x_mid = as<float>(k.x_mid);
@@ -261,12 +270,17 @@ struct CudaModel::Impl {
         double dbeta = 0, collective = 0;
         {
             AttentionTimer timer(*this);
-            auto e = engine(l, beta);
+            // The forward's engine where it was kept at this beta, else a new one that recomputes.
+            using KeyTotals = racesp::cuda::Engine::KeyTotals;
+            std::unique_ptr<racesp::cuda::Engine> e = std::move(k.attention);
+            const bool reuse = e && e->config().beta == beta;
+            if (reuse) order_after_stream(*e);
+            else e = engine(l, beta);
             // MPI_COMM_SELF: this rank's part of dbeta; the caller sums every gradient over ranks.
             const StepTimes st = racesp::cuda::device_distributed_backward(
                 *e, sp, MPI_COMM_SELF, tensor(k.q.data(), shape), tensor(k.k.data(), shape),
                 tensor(k.v.data(), shape), tensor(k.o.data(), shape), tensor(dattn.data(), shape), tensor(dqkv[0], shape),
-                tensor(dqkv[1], shape), tensor(dqkv[2], shape), dbeta);
+                tensor(dqkv[1], shape), tensor(dqkv[2], shape), dbeta, reuse ? KeyTotals::reuse : KeyTotals::recompute);
             collective += st.collective_s;
         }
         add_scalar(G + B.log_beta, static_cast<float>(dbeta * beta), stream);
@@ -341,7 +355,8 @@ double CudaModel::run(Collectives& sp, const float* params, const ShardTokens& s
 
     embedding_forward(n, c, params + m.layout.embedding, in_ids, m.x(0), stream);
     for (int l = 0; l < layers; ++l)
-        collective += m.forward_block(sp, params, l, betas[static_cast<std::size_t>(l)], m.cache(grad ? l : 0), shape, true);
+        collective += m.forward_block(sp, params, l, betas[static_cast<std::size_t>(l)], m.cache(grad ? l : 0), shape, true,
+                                      grad && !m.options.recompute);
 
     // Final norm, tied head and cross-entropy, in passes of head_rows tokens; with a gradient,
     // each pass also runs the head's backward: dE += dlogits^T hf, dhf = dlogits E.
@@ -374,7 +389,7 @@ double CudaModel::run(Collectives& sp, const float* params, const ShardTokens& s
                               as<float>(m.gain_work), stream);
         for (int l = static_cast<int>(layers) - 1; l >= 0; --l) {
             const double beta = betas[static_cast<std::size_t>(l)];
-            if (m.options.recompute) collective += m.forward_block(sp, params, l, beta, m.cache(l), shape, false);
+            if (m.options.recompute) collective += m.forward_block(sp, params, l, beta, m.cache(l), shape, false, true);
             collective += m.backward_block(sp, params, grad, l, beta, m.cache(l), shape);
         }
         // Embedding: dE += one_hot(inputs)^T dx, in passes of head_rows tokens.
