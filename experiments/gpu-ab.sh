@@ -13,7 +13,7 @@ export NCCL_NVLS_ENABLE=0
 benches=()
 for tree in $OLD; do
   name=${tree#build-}
-  { timeout 60 cmake -S "$tree" -B "/tmp/b-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+  { timeout 60 cmake -S "$tree" -B "/tmp/b-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
     timeout 240 cmake --build "/tmp/b-$name" -j "$(nproc)" --target racesp_cuda_bench; } >>"$OUT/old-build.log" 2>&1 ||
     { echo "BUILD OF $tree FAILED"; tail -5 "$OUT/old-build.log"; exit 1; }
   benches+=("$name=/tmp/b-$name/src/cuda/racesp_cuda_bench")

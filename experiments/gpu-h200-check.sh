@@ -12,7 +12,7 @@ set -uo pipefail
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
 B=${BUILD:-/tmp/b-check}
-{ timeout 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+{ timeout 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
   timeout 300 cmake --build "$B" -j "$(nproc)" --target racesp racesp_cuda_bench racesp_cuda_tests \
     racesp_cuda_long_test racesp_cuda_mpi_tests racesp_cuda_model_tests racesp_cuda_train_tests racesp_cuda_bench_tests; } \
   >"$OUT/build.log" 2>&1 ||

@@ -13,12 +13,15 @@
 //      columns where the C tiles put them (vc, column_pos: the intra-chunk products' B operand,
 //      read with ldmatrix.trans, v45); it also computes its queries' features, kept in
 //      registers; barrier;
-//   2. each warp: num = phi(q) S (S arranged in shared memory as bf16 B fragments), plus the
-//      masked products with the key tiles 0..w of the chunk, normalises and stores its o rows;
-//      and adds the whole chunk to its slice of S (registers, float32, from the segment's start
-//      state); barrier;
-//   3. each warp writes its slice back into the arranged S (bf16) for the next chunk, beside
-//      step 1 of the next chunk (no barrier between them: they touch different buffers).
+//   2. each warp: num = phi(q) S (S's bf16 copy in shared memory), plus the masked products with
+//      the key tiles 0..w of the chunk, normalises and stores its o rows; and the chunk is added
+//      to S (registers, float32, from the segment's start state); barrier;
+//   3. each warp writes its part of S, as bf16, into the copy for the next chunk, beside step 1
+//      of the next chunk (no barrier between them: they touch different buffers).
+// v53: both state products are Hopper's warpgroup products (wgmma.cuh): warps 0-3 and 4-7 are
+// two warpgroups, each computes num for its 64 queries with S's copy as the shared-memory operand
+// (4 instructions of m64n(D+8)k16 a chunk), and S lives as their accumulators, warpgroup h
+// holding about half of its columns, the chunk added with 8 instructions of 128 tokens x 16.
 // The state carries over in float32; only the products' operands are bf16 (fp16 inputs too: the
 // state's sums overflow fp16), as in the non-causal forward.
 //
@@ -28,6 +31,7 @@
 #pragma once
 
 #include "stream_noncausal.cuh"
+#include "wgmma.cuh"
 
 namespace racesp::cuda {
 
@@ -35,10 +39,16 @@ template <class T, int D>
 struct CausalLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int NTW = Base::NTW, KSD = Base::KSD, ldp = Base::ldp, ldv = Base::ldv;
-    std::size_t wpu, sa, phi, rows, phiKB, vc, stage, total;
-    __host__ __device__ constexpr CausalLayout()
-        : wpu(0), sa(0), phi(0), rows(0), phiKB(0), vc(0), stage(0), total(0) {
+    static constexpr int NTW = Base::NTW, KSD = Base::KSD;
+    // Columns of [v, 1] and of S: D, column D in two parts, zeros up to an even number of n-tiles
+    // (each warpgroup takes half of them in the state's update).
+    static constexpr int kN = 16 * ((NTW + 1) / 2);
+    // Features [token][k] in feature_frag's k order; [v, 1] [token][column] and S's bf16 copy
+    // [k][column], columns in out_col's order (the C tiles'), so num comes out as store_rows reads it.
+    using FeatureTile = wgmma::Blocked<warp::kM>;
+    using WideTile = wgmma::Blocked<kN>;
+    std::size_t wpu, phiKB, phi, vb, sb, stage, total;
+    __host__ __device__ constexpr CausalLayout() : wpu(0), phiKB(0), phi(0), vb(0), sb(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -47,11 +57,10 @@ struct CausalLayout {
         };
         const std::size_t b16 = sizeof(__nv_bfloat16);
         wpu = take(KSD * 2 * 32 * sizeof(uint4));
-        sa = take(4 * NTW * 32 * sizeof(uint2));
-        phi = take(kChunk * ldp * b16);
-        rows = take(kChunk * ldv * b16);
         phiKB = take(kWarps * 4 * 2 * 32 * sizeof(uint2));  // per key tile: 4 k-steps x 2 n-tiles
-        vc = take(kChunk * ldv * b16);
+        phi = take(kChunk * warp::kM * b16);
+        vb = take(kChunk * kN * b16);
+        sb = take(warp::kM * kN * b16);
         stage = take(2 * kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k and v (v21)
         total = at;
     }
@@ -61,26 +70,141 @@ namespace causal_forward {
 
 using bf16 = __nv_bfloat16;
 
+// k index kk of feature_frag's k-step ks is table t = kk % 8 / 2, bucket 4 ks + e with
+// e = kk % 2 + 2 (kk / 8): S's rows and the feature tile's columns are in this order (k = 16 ks + kk).
+__host__ __device__ constexpr int feature_of_k(int k) {
+    return warp::kR * (k % 8 / 2) + 4 * (k / 16) + k % 2 + 2 * (k % 16 / 8);
+}
+
+// The tile's features (lane t: table t) into the feature tile, col0 its first token in the chunk.
+template <class Tile>
+__device__ __forceinline__ void put_features(bf16* phi, int col0, const float (&x)[2][warp::kR]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                *reinterpret_cast<std::uint32_t*>(phi + Tile::at(col0 + g + 8 * r, 16 * ks + 8 * h + 2 * t)) =
+                    warp16::pack(x[r][4 * ks + 2 * h], x[r][4 * ks + 2 * h + 1]);
+}
+
+// The tile's [v, 1] rows into the wide tile: v's columns where the C tiles put them (as
+// noncausal::put_rows_c_order), column D's value in two bf16 parts (as noncausal::put_column_d).
+template <class T, int D, class Tile>
+__device__ __forceinline__ void put_values(bf16* vb, int col0, const warp::Rows<T, D>& x, const float (&ones)[2]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = col0 + g + 8 * r;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                *reinterpret_cast<std::uint32_t*>(vb + Tile::at(row, 32 * s + 8 * m + 2 * t)) =
+                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
+        if (t == 0) {
+            const float hi = __bfloat162float(__float2bfloat16(ones[r]));
+            *reinterpret_cast<std::uint32_t*>(vb + Tile::at(row, D)) = warp16::pack(hi, ones[r] - hi);
+        }
+    }
+}
+
 // acc += att [v, 1] for a 16-key block att (C tiles nt = 0, 1: keys key0 + 8 nt + 2t + e % 2):
-// att as the A fragment over the 16 keys as it is, B from vc ([token][column_pos], ldv) with k the
-// token (ldmatrix.trans: lane 8j + i addresses key key0 + i + 8 (j % 2) of n-tile nt + j / 2).
-template <int D, int ldv>
-__device__ __forceinline__ void times_values(const float (&att)[2][4], const bf16* vc, int key0,
+// att as the A fragment over the 16 keys as it is, B from the wide tile with k the token
+// (ldmatrix.trans: lane 8j + i addresses key key0 + i + 8 (j % 2) of n-tile nt + j / 2).
+template <int D, class Tile>
+__device__ __forceinline__ void times_values(const float (&att)[2][4], const bf16* vb, int key0,
                                              float (&acc)[D / 8 + 1][4]) {
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
     const std::uint32_t a[4] = {warp16::pack(att[0][0], att[0][1]), warp16::pack(att[0][2], att[0][3]),
                                 warp16::pack(att[1][0], att[1][1]), warp16::pack(att[1][2], att[1][3])};
-    const bf16* at = vc + (key0 + i + 8 * (j % 2)) * ldv;
+    const int row = key0 + i + 8 * (j % 2);
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt += 2) {
         std::uint32_t b[4];
-        noncausal::ldmatrix_t(b, at + 8 * (nt + j / 2));
+        noncausal::ldmatrix_t(b, vb + Tile::at(row, 8 * (nt + j / 2)));
         warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
         warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
     }
-    std::uint32_t b[2];  // column D's n-tile: [v, 1]'s 1 in column D (lanes 16 .. 31 repeat 0 .. 15's rows)
-    noncausal::ldmatrix_t(b, at + D);
+    std::uint32_t b[2];  // column D's n-tile (lanes 16 .. 31 repeat 0 .. 15's rows)
+    noncausal::ldmatrix_t(b, vb + Tile::at(row, D));
     warp16::mma(acc[D / 8], a, make_uint2(b[0], b[1]));
+}
+
+// S (M x kN, float32) as the two warpgroups' accumulators: warpgroup h holds the n-tiles
+// [h kTiles, (h + 1) kTiles), warp w the rows 16 (w % 4) .. + 15 (S's rows in feature_frag's k
+// order), element e of its n-tile i: row g + 8 (e / 2), column 8 i + 2t + e % 2. The n-tiles
+// past column D's stay zero ([v, 1] is zero there).
+template <int D, class FeatureTile, class WideTile>
+struct WarpgroupState {
+    static constexpr int NTW = D / 8 + 1, kTiles = (NTW + 1) / 2;
+    float d[4 * kTiles] = {};
+
+    __device__ static int first() { return threadIdx.x / 128 * kTiles; }
+
+    // The segment's start state x (M x (D + 1), float32, features in their own order): column D
+    // into its first part, the second part and the padding zero.
+    __device__ void load(const float* x) {
+        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, m0 = 16 * (threadIdx.x / 32 % 4);
+#pragma unroll
+        for (int i = 0; i < kTiles; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int nt = first() + i, j = 2 * t + e % 2;
+                const int col = nt < NTW ? warp::out_col<D>(nt, j) : D + 1;  // D + j in column D's n-tile
+                const float* row = x + feature_of_k(m0 + g + 8 * (e / 2)) * (D + 1);
+                d[4 * i + e] = col <= D ? __ldg(row + col) : 0.0f;
+            }
+    }
+    // S += phi^T [v, 1] over the chunk's 128 tokens: 8 k-steps of 16 tokens, both operands
+    // MN-major (the tiles' contiguous dimension is M, the features, and N, the columns).
+    __device__ void add(const bf16* phi, const bf16* vb) {
+        wgmma::fence(d);
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+            const std::uint64_t a = wgmma::descriptor(phi + FeatureTile::at(16 * kk, 0), FeatureTile::kRowGroupBytes,
+                                                      FeatureTile::kBlockBytes);
+            const std::uint64_t b = wgmma::descriptor(vb + WideTile::at(16 * kk, 8 * first()), WideTile::kRowGroupBytes,
+                                                      WideTile::kBlockBytes);
+            wgmma::SharedTimesShared<8 * kTiles>::template run<1, 1>(d, a, b);
+        }
+        wgmma::commit_and_wait(d);
+    }
+    // S rounded to bf16 into its copy (column D the sum of its two parts, columns after it zero).
+    __device__ void store(bf16* sb) const {
+        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, m0 = 16 * (threadIdx.x / 32 % 4);
+#pragma unroll
+        for (int i = 0; i < kTiles; ++i) {
+            const int nt = first() + i;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                float lo = d[4 * i + 2 * h], hi = d[4 * i + 2 * h + 1];
+                if (nt >= NTW - 1) {  // column D's n-tile and the zeros after it
+                    lo = nt == NTW - 1 && t == 0 ? lo + hi : 0.0f;
+                    hi = 0.0f;
+                }
+                *reinterpret_cast<std::uint32_t*>(sb + WideTile::at(m0 + g + 8 * h, 8 * nt + 2 * t)) = warp16::pack(lo, hi);
+            }
+        }
+    }
+};
+
+// num = phi(q) S for the warp's 16 queries (its warpgroup's 64 together), S's bf16 copy as B
+// (k over S's rows, N-major).
+template <class WideTile, int NTW>
+__device__ __forceinline__ void times_state(const float (&phq)[2][warp::kR], const bf16* sb, float (&num)[NTW][4]) {
+    float(&flat)[4 * NTW] = *reinterpret_cast<float(*)[4 * NTW]>(&num[0][0]);
+    wgmma::fence(flat);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        std::uint32_t a[4];
+        warp16::feature_frag(phq, ks, a);
+        const std::uint64_t b = wgmma::descriptor(sb + WideTile::at(16 * ks, 0), WideTile::kRowGroupBytes, WideTile::kBlockBytes);
+        wgmma::RegsTimesShared<8 * NTW>::template run<1>(flat, a, b);
+    }
+    wgmma::commit_and_wait(flat);
 }
 
 }  // namespace causal_forward
@@ -90,15 +214,16 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     using Lay = CausalLayout<T, D>;
     using namespace warp;
     using causal_forward::bf16;
+    using FeatureTile = typename Lay::FeatureTile;
+    using WideTile = typename Lay::WideTile;
     constexpr Lay lay;
-    constexpr int NTW = Lay::NTW, kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv;
+    constexpr int NTW = Lay::NTW, kChunk = Lay::kChunk, kN = Lay::kN;
     extern __shared__ __align__(128) unsigned char sm[];
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
-    uint2* sa = reinterpret_cast<uint2*>(sm + lay.sa);
-    bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
-    bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
     uint2* phiKB = reinterpret_cast<uint2*>(sm + lay.phiKB);
-    bf16* vc = reinterpret_cast<bf16*>(sm + lay.vc);
+    bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
+    bf16* vb = reinterpret_cast<bf16*>(sm + lay.vb);
+    bf16* sb = reinterpret_cast<bf16*>(sm + lay.sb);
     constexpr int kSlot = StagedRows<T, D>::kBytes / 16;
     const StagedRows<T, D> stage_k{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * kSlot};
     const StagedRows<T, D> stage_v{stage_k.slot + Lay::kWarps * kSlot};
@@ -111,11 +236,12 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
-    noncausal::arrange_state<D>(sa, s_start);
-    noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
-    noncausal::zero_rows_padding<D, ldv>(vc, kChunk);
-    noncausal::StateSlice<D> slice;
-    slice.load(s_start);
+    // [v, 1]'s columns D + 2 .. kN - 1, which put_values never writes.
+    for (int i = threadIdx.x; i < kChunk * (kN - D - 2); i += blockDim.x)
+        vb[WideTile::at(i / (kN - D - 2), D + 2 + i % (kN - D - 2))] = __float2bfloat16(0.0f);
+    causal_forward::WarpgroupState<D, FeatureTile, WideTile> state;
+    state.load(s_start);
+    state.store(sb);
     // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
     auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
     auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
@@ -128,9 +254,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
         const long long row0 = tile_row(c0);
         const bool more = c0 + kChunk < seg_end;
         const int col0 = kTile * warp_id;
-        // 1. Keys: features (phi, phiKB), [v, 1] as rows and transposed; then the queries'
-        // features. The next chunk's keys and values are copied into the warp's slots once these
-        // have been used.
+        // 1. Keys: features (phi_s, phiKB), [v, 1] (vb); then the queries' features. The next
+        // chunk's keys and values are copied into the warp's slots once these have been used.
         float phq[2][kR];
         {
             Rows<T, D> xk, xv;
@@ -142,8 +267,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             warp16::project<T, D>(xk, wpu, u);
             if (more) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features<Recip::approx>(u, d.beta, n, phk);
-            const float one[2] = {1.0f, 1.0f};
-            noncausal::put_features<ldp>(phi_s, col0, phk, one);
+            causal_forward::put_features<FeatureTile>(phi_s, col0, phk);
             // B fragment of phi(k)^T for k-step ks (table t, buckets 4ks .. 4ks + 3) and n-tile r (key g + 8r).
 #pragma unroll
             for (int ks = 0; ks < 4; ++ks)
@@ -152,20 +276,18 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
                     phiKB[((warp_id * 4 + ks) * 2 + r) * 32 + lane_id()] =
                         make_uint2(warp16::pack(phk[r][4 * ks], phk[r][4 * ks + 1]),
                                    warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
-            noncausal::put_rows<T, D, ldv>(rows_s, col0, xv);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-            noncausal::put_column_d<D, ldv>(rows_s, col0, ones);
-            noncausal::put_rows_c_order<T, D, ldv>(vc, col0, xv);
-            noncausal::put_column_d<D, ldv>(vc, col0, ones);
+            causal_forward::put_values<T, D, WideTile>(vb, col0, xv, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             warp16::project<T, D>(xq, wpu, u);
             features<Recip::approx>(u, d.beta, n, phq);
         }
-        __syncthreads();  // phi, rows, phiKB, vc of the chunk; sa holds S before the chunk
+        wgmma::proxy_fence();  // phi_s, vb and (step 3) sb are read by the warpgroup products
+        __syncthreads();  // phi_s, phiKB, vb of the chunk; sb holds S before the chunk
 
-        // 2. o of the warp's queries, then the chunk into the slice of S.
+        // 2. o of the warp's queries, then the chunk into S.
         float num[NTW][4] = {};
-        noncausal::times_state<NTW, NTW>(phq, sa, num);
+        causal_forward::times_state<WideTile>(phq, sb, num);
         for (int j = 0; j <= warp_id; ++j) {
             // att = phi(q) phi(k_j)^T (16 x 16, n-tile nt: keys 8nt .. 8nt + 7 of tile j), masked.
             float half[2][2][4] = {};  // over even and odd k-steps (v23)
@@ -179,7 +301,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             float att[2][4];
             stream::halves_sum(half, att);
             if (j == warp_id) stream::mask_diagonal(att);
-            causal_forward::times_values<D, ldv>(att, vc, kTile * j, num);  // num += att [v, 1]
+            causal_forward::times_values<D, WideTile>(att, vb, kTile * j, num);  // num += att [v, 1]
         }
         float inv[2];
         stream::inverse_normaliser(num, inv);
@@ -191,11 +313,11 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             for (int r = 0; r < 2; ++r)
                 if (g + 8 * r < n) out[g + 8 * r] = inv[r];
         }
-        slice.template add<ldp, ldv, kChunk>(phi_s, rows_s);
-        __syncthreads();  // every read of sa, phi, rows, phiKB, vc for this chunk is done
+        state.add(phi_s, vb);
+        __syncthreads();  // every read of sb, phi_s, phiKB, vb for this chunk is done
 
-        // 3. S after the chunk, arranged for the next one.
-        slice.store_arranged(sa);
+        // 3. S after the chunk, as bf16, for the next one.
+        state.store(sb);
     }
 }
 
