@@ -5,7 +5,7 @@
 set -uo pipefail
 source .devdeps/setup.sh
 export NCCL_NVLS_ENABLE=0
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cfg.log" 2>&1 || { tail -30 "$OUT/cfg.log"; exit 1; }
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$OUT/cfg.log" 2>&1 || { tail -30 "$OUT/cfg.log"; exit 1; }
 cmake --build build-gpu -j 32 --target racesp racesp_cuda_mpi_tests >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 ctest --test-dir build-gpu -R cuda_mpi --output-on-failure --timeout 300 >"$OUT/ctest.log" 2>&1
 grep -E "tests passed|tests failed|Failed|FAILED" "$OUT/ctest.log" | head -20

@@ -8,7 +8,7 @@
 set -uo pipefail
 base=${1:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
-gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90"
+gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a"
 t0=$(date +%s)
 ( cmake -S . -B /tmp/b4 $gen >"$OUT/cfg.log" 2>&1 &&
   cmake --build /tmp/b4 -j 12 --target racesp_cuda_bench racesp_cuda_tests racesp_cuda_long_test racesp_cuda_mpi_tests \

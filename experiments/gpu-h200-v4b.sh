@@ -6,7 +6,7 @@
 # Usage (from this tree's root, .devdeps sourced): experiments/gpu-h200-v4b.sh baseline-tree
 set -uo pipefail
 base=$1
-gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90"
+gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a"
 t0=$(date +%s)
 ( cmake -S . -B /tmp/b4 $gen >/tmp/cfg4.log 2>&1 &&
   cmake --build /tmp/b4 -j 12 --target racesp_cuda_bench racesp_cuda_tests racesp_cuda_long_test racesp_cuda_mpi_tests \

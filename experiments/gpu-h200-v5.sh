@@ -19,7 +19,7 @@ left() {  # left LIMIT [KEEP]: seconds a part may take
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv >"$OUT/gpu.txt" 2>&1
 B=/tmp/b5
-gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90"
+gen="-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a"
 { timeout 60 cmake -S . -B $B $gen &&
   timeout "$(left 200 110)" cmake --build $B -j 16 --target racesp_cuda_bench racesp_cuda_tests racesp_cuda_long_test \
     racesp_cuda_mpi_tests racesp_cuda_model_tests; } >"$OUT/build.log" 2>&1 ||

@@ -7,7 +7,7 @@ what=${1:-all}
 source .devdeps/setup.sh
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >"$OUT/cfg.log" 2>&1 || { tail -30 "$OUT/cfg.log"; exit 1; }
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >"$OUT/cfg.log" 2>&1 || { tail -30 "$OUT/cfg.log"; exit 1; }
 cmake --build build-gpu -j 16 --target racesp_cuda_tests racesp_cuda_long_test racesp_cuda_mpi_tests racesp_cuda_bench \
   >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 bench=build-gpu/src/cuda/racesp_cuda_bench

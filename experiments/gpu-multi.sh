@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv >"$out/gpu.txt"; nvidia-sm
 for part in $parts; do
   case $part in
     build)
-      { cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+      { cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
         timeout 420 cmake --build build-gpu -j "$(nproc)" ${TARGETS:+--target $TARGETS}; } >"$out/build.log" 2>&1 \
         || { grep -E "error" "$out/build.log" | head -30; tail -5 "$out/build.log"; exit 1; }
       echo "build: ok at ${SECONDS}s" ;;

@@ -8,7 +8,7 @@
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0
 B=${BUILD:-/tmp/b-profile}
-{ timeout 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+{ timeout 60 cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
   timeout 300 cmake --build "$B" -j "$(nproc)" --target racesp_cuda_bench; } >"$OUT/build.log" 2>&1 ||
   { echo "BUILD FAILED at ${SECONDS}s"; grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 echo "build: ${SECONDS}s"

@@ -27,7 +27,7 @@ name=${1:-h200$( ((gpus > 1)) && echo "x$gpus")}
 ranks=1; r=2; while ((r <= gpus)); do ranks+=",$r"; r=$((r * 2)); done
 py=${PYTHON:-python3}
 
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 >/tmp/racesp-cfg.log 2>&1 \
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a >/tmp/racesp-cfg.log 2>&1 \
   || { tail -30 /tmp/racesp-cfg.log; exit 1; }
 cmake --build build-gpu -j "$(nproc)" --target racesp racesp_cuda_bench >/tmp/racesp-build.log 2>&1 \
   || { grep -E "error" /tmp/racesp-build.log | head -30; exit 1; }

@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/
 for part in $parts; do
   case $part in
     build)
-      { timeout 60 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+      { timeout 60 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
         timeout "$(left 300 150)" cmake --build build-gpu -j 16 --target racesp racesp_cuda_model_tests racesp_cuda_train_tests
       } >"$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -30; tail -5 "$OUT/build.log"; exit 1; }
       echo "build: ok in ${SECONDS}s" ;;

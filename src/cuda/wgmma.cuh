@@ -20,6 +20,11 @@
 
 #include <cstdint>
 
+// Device code for sm_90 without the "a" has no wgmma: say so at build time, in one line.
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "RaceSP's CUDA kernels use wgmma: build for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a)"
+#endif
+
 namespace racesp::cuda::wgmma {
 
 template <int C>
