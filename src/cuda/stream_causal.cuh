@@ -90,27 +90,6 @@ __device__ __forceinline__ void put_features(bf16* phi, int col0, const float (&
                     warp16::pack(x[r][4 * ks + 2 * h], x[r][4 * ks + 2 * h + 1]);
 }
 
-// The tile's [v, 1] rows into the wide tile: v's columns where the C tiles put them (as
-// noncausal::put_rows_c_order), column D's value in two bf16 parts (as noncausal::put_column_d).
-template <class T, int D, class Tile>
-__device__ __forceinline__ void put_values(bf16* vb, int col0, const warp::Rows<T, D>& x, const float (&ones)[2]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = col0 + g + 8 * r;
-#pragma unroll
-        for (int s = 0; s < D / 32; ++s)
-#pragma unroll
-            for (int m = 0; m < 4; ++m)
-                *reinterpret_cast<std::uint32_t*>(vb + Tile::at(row, 32 * s + 8 * m + 2 * t)) =
-                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
-        if (t == 0) {
-            const float hi = __bfloat162float(__float2bfloat16(ones[r]));
-            *reinterpret_cast<std::uint32_t*>(vb + Tile::at(row, D)) = warp16::pack(hi, ones[r] - hi);
-        }
-    }
-}
-
 // acc += att [v, 1] for a 16-key block att (C tiles nt = 0, 1: keys key0 + 8 nt + 2t + e % 2):
 // att as the A fragment over the 16 keys as it is, B from the wide tile with k the token
 // (ldmatrix.trans: lane 8j + i addresses key key0 + i + 8 (j % 2) of n-tile nt + j / 2).
@@ -236,9 +215,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
-    // [v, 1]'s columns D + 2 .. kN - 1, which put_values never writes.
-    for (int i = threadIdx.x; i < kChunk * (kN - D - 2); i += blockDim.x)
-        vb[WideTile::at(i / (kN - D - 2), D + 2 + i % (kN - D - 2))] = __float2bfloat16(0.0f);
+    noncausal::zero_padding<D, WideTile, kN>(vb, kChunk);
     causal_forward::WarpgroupState<D, FeatureTile, WideTile> state;
     state.load(s_start);
     state.store(sb);
@@ -277,7 +254,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
                         make_uint2(warp16::pack(phk[r][4 * ks], phk[r][4 * ks + 1]),
                                    warp16::pack(phk[r][4 * ks + 2], phk[r][4 * ks + 3]));
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-            causal_forward::put_values<T, D, WideTile>(vb, col0, xv, ones);
+            noncausal::put_values<T, D, WideTile>(vb, col0, xv, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             warp16::project<T, D>(xq, wpu, u);
             features<Recip::approx>(u, d.beta, n, phq);

@@ -35,6 +35,7 @@
 #pragma once
 
 #include "stream_noncausal.cuh"
+#include "wgmma.cuh"
 
 namespace racesp::cuda {
 
@@ -43,10 +44,14 @@ struct CausalBackwardLayout {
     static constexpr int kWarps = 8, kThreads = 32 * kWarps;
     static constexpr int kTiles = 4, kChunk = kTiles * warp::kTile;  // 64 tokens
     static constexpr int NTD = D / 8, NTW = NTD + 1, KSD = D / 16;
-    // bf16 tiles and copies, rows of an odd number of 16-byte pieces (ldmatrix's 8 rows hit
-    // distinct banks): features [token][feature] (72, 64 used), rows [token][column] and the
-    // states' copies [feature][column] (D + 8: D, then column D of [v, 1] or [G, c] in two parts).
-    static constexpr int ldp = warp::kM + 8, ldv = D + 8;
+    // v54: the bf16 tiles and copies in wgmma's layout (wgmma::Blocked, which ldmatrix reads too):
+    // features [token][feature], [v, 1] and [G, c] [token][column] (D, column D in two parts,
+    // zeros up to an even number of n-tiles: each warpgroup takes half in the states' updates),
+    // the states' copies [feature][column] (D columns).
+    static constexpr int kW = 16 * ((NTW + 1) / 2);
+    using FeatureTile = wgmma::Blocked<warp::kM>;
+    using WideTile = wgmma::Blocked<kW>;
+    using StateCopy = wgmma::Blocked<D>;
     static constexpr int ldS = D + 8;  // float32 states [feature][column]: 8 mod 32 words, column D at D
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
     static constexpr int ldP = 24;                            // bf16 blocks [query][key]: rows 48 bytes apart
@@ -66,12 +71,12 @@ struct CausalBackwardLayout {
         wpd = take(NTD * 32 * sizeof(uint2));
         s = take(warp::kM * ldS * sizeof(float));
         u = take(warp::kM * ldS * sizeof(float));
-        sb = take(warp::kM * ldv * b16);
-        ub = take(warp::kM * ldv * b16);
-        phiK = take(kChunk * ldp * b16);
-        phiQ = take(kChunk * ldp * b16);
-        vt = take(kChunk * ldv * b16);
-        gt = take(kChunk * ldv * b16);
+        sb = take(warp::kM * D * b16);
+        ub = take(warp::kM * D * b16);
+        phiK = take(kChunk * warp::kM * b16);
+        phiQ = take(kChunk * warp::kM * b16);
+        vt = take(kChunk * kW * b16);
+        gt = take(kChunk * kW * b16);
         pairs = take(kPairs * 2 * kBlock * b16);
         stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
         total = at;
@@ -90,14 +95,14 @@ using noncausal::ldmatrix_t;
 __host__ __device__ constexpr int feature_pos(int f) { return 8 * (f % 16 / 2) + 2 * (f / 16) + f % 2; }
 
 // The lane's features of its two rows, each row times scale[r], into a feature tile.
-template <int ldp>
+template <class Tile>
 __device__ __forceinline__ void put_features(bf16* tile, int col0, const float (&phi)[2][warp::kR], const float (&scale)[2]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
-            *reinterpret_cast<std::uint32_t*>(tile + (col0 + g + 8 * r) * ldp + 8 * nt + 2 * t) =
+            *reinterpret_cast<std::uint32_t*>(tile + Tile::at(col0 + g + 8 * r, 8 * nt + 2 * t)) =
                 warp16::pack(phi[r][2 * nt] * scale[r], phi[r][2 * nt + 1] * scale[r]);
 }
 
@@ -105,7 +110,7 @@ __device__ __forceinline__ void put_features(bf16* tile, int col0, const float (
 // loads go out in batches of 8 per thread before their stores (v41: one global latency per batch;
 // element by element, the two loads at the start and the one at the segment's first chunk were
 // ~5% of the kernel's stall samples).
-template <int D, int ldS, int ldv>
+template <int D, int ldS, class StateCopy>
 __device__ void load_state(float* x, bf16* xb, const float* src) {
     constexpr int kBatch = 8, kSize = warp::kM * (D + 1);
     for (int e0 = threadIdx.x; e0 < kSize; e0 += kBatch * blockDim.x) {
@@ -122,7 +127,7 @@ __device__ void load_state(float* x, bf16* xb, const float* src) {
             const int f = feature_pos(e / (D + 1)), c = e % (D + 1);
             if (c < D) {
                 x[f * ldS + column_pos(c)] = v[k];
-                xb[f * ldv + column_pos(c)] = __float2bfloat16(v[k]);
+                xb[StateCopy::at(f, column_pos(c))] = __float2bfloat16(v[k]);
             } else {
                 x[f * ldS + D] = v[k];
             }
@@ -130,41 +135,18 @@ __device__ void load_state(float* x, bf16* xb, const float* src) {
     }
 }
 
-// x (float32) and its bf16 copy xb += sign * phi^T rows over the chunk, the warp's part: m-tile
-// mt of the state and the n-tiles from kHalf * kS on (column D's, the last, is the sum of the rows'
-// two parts). v41: the n-tiles are compile-time constants, so the loop and the read-modify-write
-// have no branches, and the float32 loads go out together before the sums and stores (with the
-// half chosen at run time, each n-tile had its own branches and its load's full latency: the two
-// calls were ~30% of the kernel's stall samples).
-template <int D, int ldS, int ldp, int ldv, int kChunk, int kHalf>
-__device__ __forceinline__ void add_chunk_half(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows, int mt) {
-    constexpr int NTW = D / 8 + 1, kS = (NTW + 1) / 2, nt0 = kHalf * kS;
+// x (float32) and its bf16 copy xb += sign * acc, the warp's part of phi^T rows over the chunk
+// (add_chunk): m-tile mt of the state and the n-tiles from kHalf * kS on (column D's, the last, is
+// the sum of the rows' two parts; the n-tile after it in the second half is padding). v41: the
+// n-tiles are compile-time constants, so the read-modify-write has no branches, and the float32
+// loads go out together before the sums and stores (with the half chosen at run time, each
+// n-tile had its own branches and its load's full latency: ~30% of the kernel's stall samples).
+template <int D, int ldS, class StateCopy, int kHalf, int kS>
+__device__ __forceinline__ void update_half(float* x, bf16* xb, float sign, const float (&acc)[kS][4], int mt) {
+    constexpr int NTW = D / 8 + 1, nt0 = kHalf * kS;
     constexpr int kCount = NTW - nt0 < kS ? NTW - nt0 : kS;
     constexpr bool kColumnD = nt0 + kCount == NTW;  // the last n-tile is column D's
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
-    // ldmatrix.trans, k the token: A's blocks tokens + 8 (j / 2), features + 8 (j % 2); B's
-    // tokens + 8 (j % 2), n-tile + j / 2.
-    const bf16* a_at = phi + (i + 8 * (j / 2)) * ldp + 16 * mt + 8 * (j % 2);
-    const bf16* b_at = rows + (i + 8 * (j % 2)) * ldv + 8 * (nt0 + j / 2);
-    float acc[kCount][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kChunk / 16; ++kk) {
-        std::uint32_t a[4];
-        ldmatrix_t(a, a_at + 16 * kk * ldp);
-#pragma unroll
-        for (int s = 0; s + 1 < kCount; s += 2) {
-            std::uint32_t b[4];
-            ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * s);
-            warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
-            warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
-        }
-        if constexpr (kCount % 2 == 1) {
-            std::uint32_t b[2];
-            ldmatrix_t(b, b_at + 16 * kk * ldv + 8 * (kCount - 1));
-            warp16::mma(acc[kCount - 1], a, make_uint2(b[0], b[1]));
-        }
-    }
     constexpr int kFull = kColumnD ? kCount - 1 : kCount;  // n-tiles of the D columns
     float2 old[kFull][2];
 #pragma unroll
@@ -179,7 +161,7 @@ __device__ __forceinline__ void add_chunk_half(float* x, bf16* xb, float sign, c
             const int f = 16 * mt + g + 8 * h;
             const float2 v = make_float2(old[s][h].x + sign * acc[s][2 * h], old[s][h].y + sign * acc[s][2 * h + 1]);
             *reinterpret_cast<float2*>(x + f * ldS + 8 * (nt0 + s) + 2 * t) = v;
-            *reinterpret_cast<std::uint32_t*>(xb + f * ldv + 8 * (nt0 + s) + 2 * t) = warp16::pack(v.x, v.y);
+            *reinterpret_cast<std::uint32_t*>(xb + StateCopy::at(f, 8 * (nt0 + s) + 2 * t)) = warp16::pack(v.x, v.y);
         }
     if constexpr (kColumnD) {
         if (t == 0)
@@ -188,61 +170,73 @@ __device__ __forceinline__ void add_chunk_half(float* x, bf16* xb, float sign, c
                 x[(16 * mt + g + 8 * h) * ldS + D] += sign * (acc[kCount - 1][2 * h] + acc[kCount - 1][2 * h + 1]);
     }
 }
-// The whole block's sum: warp w takes m-tile w % 4 and half w / 4 of the n-tiles.
-template <int D, int ldS, int ldp, int ldv, int kChunk>
+// The whole block's sum: phi^T rows on wgmma (v54), warpgroup h the n-tiles [h kS, (h + 1) kS)
+// (A: the feature tile, M-major; B: the rows, N-major; 4 k-steps of 16 tokens), each warp then
+// m-tile w % 4 of its warpgroup's half.
+template <class Lay>
 __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows) {
+    using FeatureTile = typename Lay::FeatureTile;
+    using WideTile = typename Lay::WideTile;
+    constexpr int kS = Lay::kW / 16;
     const int w = threadIdx.x / 32;
-    if (w < 4) add_chunk_half<D, ldS, ldp, ldv, kChunk, 0>(x, xb, sign, phi, rows, w % 4);
-    else add_chunk_half<D, ldS, ldp, ldv, kChunk, 1>(x, xb, sign, phi, rows, w % 4);
+    float acc[kS][4] = {};
+    float(&flat)[4 * kS] = *reinterpret_cast<float(*)[4 * kS]>(&acc[0][0]);
+    wgmma::fence(flat);
+#pragma unroll
+    for (int kk = 0; kk < Lay::kChunk / 16; ++kk) {
+        const std::uint64_t a = wgmma::descriptor(phi + FeatureTile::at(16 * kk, 0), FeatureTile::kRowGroupBytes,
+                                                  FeatureTile::kBlockBytes);
+        const std::uint64_t b = wgmma::descriptor(rows + WideTile::at(16 * kk, 8 * kS * (w / 4)), WideTile::kRowGroupBytes,
+                                                  WideTile::kBlockBytes);
+        wgmma::SharedTimesShared<8 * kS>::template run<1, 1>(flat, a, b);
+    }
+    wgmma::commit_and_wait(flat);
+    constexpr int D = Lay::NTD * 8;
+    if (w < 4) update_half<D, Lay::ldS, typename Lay::StateCopy, 0, kS>(x, xb, sign, acc, w % 4);
+    else update_half<D, Lay::ldS, typename Lay::StateCopy, 1, kS>(x, xb, sign, acc, w % 4);
 }
 
 // acc[nt] += A X[:, :D] for the D columns' n-tiles, A's k-step ks over the features given by
-// `frag(ks, a)`, X's bf16 copy read with k along its rows (.trans).
-template <int D, int ldv, class Frag>
+// `frag(ks, a)`, X's bf16 copy N-major (k along its rows), on wgmma (v54: the warpgroup's 64 rows).
+template <int D, class StateCopy, class Frag>
 __device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
-    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+    float(&flat)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc[0][0]);
+    wgmma::fence(flat);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
         std::uint32_t a[4];
         frag(ks, a);
-#pragma unroll
-        for (int nt = 0; nt < D / 8; nt += 2) {
-            std::uint32_t b[4];
-            ldmatrix_t(b, xb + (16 * ks + i + 8 * (j % 2)) * ldv + 8 * (nt + j / 2));
-            warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
-            warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
-        }
+        const std::uint64_t b = wgmma::descriptor(xb + StateCopy::at(16 * ks, 0), StateCopy::kRowGroupBytes, StateCopy::kBlockBytes);
+        wgmma::RegsTimesShared<D>::template run<1>(flat, a, b);
     }
+    wgmma::commit_and_wait(flat);
 }
 
 // acc[nf] += R X[:, :D]^T over the 8 n-tiles of features, R's k-step ks over the D columns
-// given by `frag(ks, a)`, X's bf16 copy read with k along its columns (no .trans).
-template <int D, int ldv, class Frag>
+// given by `frag(ks, a)`, X's bf16 copy K-major (k along its columns), on wgmma (v54).
+template <int D, class StateCopy, class Frag>
 __device__ __forceinline__ void times_state_t(Frag frag, const bf16* xb, float (&acc)[8][4]) {
-    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+    float(&flat)[32] = *reinterpret_cast<float(*)[32]>(&acc[0][0]);
+    wgmma::fence(flat);
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
         std::uint32_t a[4];
         frag(ks, a);
-#pragma unroll
-        for (int nf = 0; nf < 8; nf += 2) {
-            std::uint32_t b[4];
-            ldmatrix(b, xb + (8 * nf + i + 8 * (j / 2)) * ldv + 16 * ks + 8 * (j % 2));
-            warp16::mma(acc[nf], a, make_uint2(b[0], b[1]));
-            warp16::mma(acc[nf + 1], a, make_uint2(b[2], b[3]));
-        }
+        const std::uint64_t b = wgmma::descriptor(xb + StateCopy::at(0, 16 * ks), StateCopy::kBlockBytes, StateCopy::kRowGroupBytes);
+        wgmma::RegsTimesShared<64>::template run<0>(flat, a, b);
     }
+    wgmma::commit_and_wait(flat);
 }
 
-// acc[nt] += A tile over NT n-tiles, A a 16 x 16 block over 16 tokens of a tile (rows
-// [token][...], ld) read with k along its rows (.trans).
-template <int NT, int ld>
-__device__ __forceinline__ void times_tile(const std::uint32_t (&a)[4], const bf16* tile, float (&acc)[NT][4]) {
+// acc[nt] += A tile over NT n-tiles, A a 16 x 16 block over 16 tokens of a tile (rows row0 ..
+// row0 + 15 of a wgmma::Blocked tile) read with k along its rows (.trans).
+template <int NT, class Tile>
+__device__ __forceinline__ void times_tile(const std::uint32_t (&a)[4], const bf16* tile, int row0, float (&acc)[NT][4]) {
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
 #pragma unroll
     for (int nt = 0; nt < NT; nt += 2) {
         std::uint32_t b[4];
-        ldmatrix_t(b, tile + (i + 8 * (j % 2)) * ld + 8 * (nt + j / 2));
+        ldmatrix_t(b, tile + Tile::at(row0 + i + 8 * (j % 2), 8 * (nt + j / 2)));
         warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
         warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
     }
@@ -283,7 +277,10 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     using namespace causal_backward;
     constexpr Lay lay;
     constexpr int NTD = Lay::NTD, KSD = Lay::KSD, kChunk = Lay::kChunk;
-    constexpr int ldp = Lay::ldp, ldv = Lay::ldv, ldS = Lay::ldS, ldP = Lay::ldP, kBlock = Lay::kBlock;
+    constexpr int ldS = Lay::ldS, ldP = Lay::ldP, kBlock = Lay::kBlock;
+    using FeatureTile = typename Lay::FeatureTile;
+    using WideTile = typename Lay::WideTile;
+    using StateCopy = typename Lay::StateCopy;
     extern __shared__ __align__(128) unsigned char sm[];
     double* red = reinterpret_cast<double*>(sm + lay.red);
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
@@ -305,7 +302,10 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     const long long row_stride = blk.row_stride, bh = blk.bh;
     const long long state_size = static_cast<long long>(kM) * (D + 1);
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    const bool queries = warp_id < 4;
+    // The warp's role, uniform across each warpgroup as the compiler sees it (a value shuffled from
+    // lane 0, as CUTLASS takes its warpgroup index): wgmma in a branch that the compiler takes for
+    // divergent gets its warpgroup arrivals inserted there, and then every wgmma is serialized.
+    const bool queries = __shfl_sync(0xffffffffu, warp_id, 0) < 4;
     const int tile = warp_id % 4;  // the warp's tile in the chunk (queries or keys)
     const float* s_starts = a.s_start + bh * d.nseg * a.s_seg_stride;
     const float* u_starts = a.u_start + bh * d.nseg * a.u_seg_stride;
@@ -315,10 +315,11 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     noncausal::arrange_planes_out<D>(wpd, wp);
     // The states after the segment: the next segment's start states, or after the shard's end.
     const bool last = seg + 1 == d.nseg;
-    load_state<D, ldS, ldv>(S, Sb, last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
-    load_state<D, ldS, ldv>(U, Ub, last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
-    noncausal::zero_rows_padding<D, ldv>(vt, kChunk);
-    noncausal::zero_rows_padding<D, ldv>(gt, kChunk);
+    load_state<D, ldS, StateCopy>(S, Sb, last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
+    load_state<D, ldS, StateCopy>(U, Ub, last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
+    noncausal::zero_padding<D, WideTile, Lay::kW>(vt, kChunk);
+    noncausal::zero_padding<D, WideTile, Lay::kW>(gt, kChunk);
+    wgmma::proxy_fence();  // every tile and copy written with ordinary stores is read by wgmma too
     __syncthreads();
 
     double dbeta = 0.0;
@@ -346,16 +347,17 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         warp16::project<T, D>(x1, wpu, u);
         features(u, d.beta, n, phi);
         if (!queries) {
-            put_features<ldp>(phiK, col0, phi, one);
-            noncausal::put_rows_c_order<T, D, ldv>(vt, col0, x2);
+            put_features<FeatureTile>(phiK, col0, phi, one);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-            noncausal::put_column_d<D, ldv>(vt, col0, ones);
+            noncausal::put_values<T, D, WideTile>(vt, col0, x2, ones);
         }
+        wgmma::proxy_fence();
         __syncthreads();  // phiK, [v, 1] of the chunk
 
         // 2. S before the chunk.
-        if (ci == 0) load_state<D, ldS, ldv>(S, Sb, s_starts + seg * a.s_seg_stride);
-        else add_chunk<D, ldS, ldp, ldv, kChunk>(S, Sb, -1.0f, phiK, vt);
+        if (ci == 0) load_state<D, ldS, StateCopy>(S, Sb, s_starts + seg * a.s_seg_stride);
+        else add_chunk<Lay>(S, Sb, -1.0f, phiK, vt);
+        wgmma::proxy_fence();
         __syncthreads();  // S
 
         // 3. Queries: den, the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
@@ -383,7 +385,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
                 for (int ks = 0; ks < 4; ++ks) {
                     std::uint32_t b[4];  // phi(k_j) with k along the features: keys 8 (j8 / 2) + i8
-                    ldmatrix(b, phiK + (kTile * j + i8 + 8 * (j8 / 2)) * ldp + 16 * ks + 8 * (j8 % 2));
+                    ldmatrix(b, phiK + FeatureTile::at(kTile * j + i8 + 8 * (j8 / 2), 16 * ks + 8 * (j8 % 2)));
                     warp16::mma(half[ks % 2][0], qa[ks], make_uint2(b[0], b[1]));
                     warp16::mma(half[ks % 2][1], qa[ks], make_uint2(b[2], b[3]));
                 }
@@ -413,16 +415,15 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                     for (int e = 0; e < 4; ++e) pk[j][nt][e] *= inv[e / 2];
                 put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
             }
-            put_features<ldp>(phiQ, col0, phi, inv);
-            noncausal::put_rows_c_order<T, D, ldv>(gt, col0, x2);
-            noncausal::put_column_d<D, ldv>(gt, col0, c);
+            put_features<FeatureTile>(phiQ, col0, phi, inv);
+            noncausal::put_values<T, D, WideTile>(gt, col0, x2, c);
             for (int j = 0; j <= tile; ++j) {
                 float half[2][2][4] = {};  // G . v_j over even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < KSD; ++ks) {
                     std::uint32_t af[4], b[4];
                     warp16::rows_frag_bf16<T, D>(x2, ks, af);
-                    ldmatrix(b, vt + (kTile * j + i8 + 8 * (j8 / 2)) * ldv + 16 * ks + 8 * (j8 % 2));
+                    ldmatrix(b, vt + WideTile::at(kTile * j + i8 + 8 * (j8 / 2), 16 * ks + 8 * (j8 % 2)));
                     warp16::mma(half[ks % 2][0], af, make_uint2(b[0], b[1]));
                     warp16::mma(half[ks % 2][1], af, make_uint2(b[2], b[3]));
                 }
@@ -437,22 +438,23 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             }
         } else {
             // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
-            times_state<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
-            times_state_t<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
+            times_state<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
+            times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dph[nf][e] += col_d_at(U, nf, e);
         }
+        wgmma::proxy_fence();
         __syncthreads();  // the blocks, phiQ, [G, c]
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         if (queries) {
-            times_state_t<D, ldv>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
+            times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
             for (int j = 0; j <= tile; ++j) {
                 std::uint32_t af[4];
                 block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, af);  // G . v_j + c
-                times_tile<8, ldp>(af, phiK + kTile * j * ldp, dph);
+                times_tile<8, FeatureTile>(af, phiK, kTile * j, dph);
             }
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
@@ -467,9 +469,9 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             for (int i = tile; i < Lay::kTiles; ++i) {
                 std::uint32_t af[4];
                 block_for_keys<ldP>(pairs + 2 * pair_of(i, tile) * kBlock, af);  // phi(k) phi(q_i)^T / den_i
-                times_tile<NTD, ldv>(af, gt + kTile * i * ldv, dv);
+                times_tile<NTD, WideTile>(af, gt, kTile * i, dv);
                 block_for_keys<ldP>(pairs + (2 * pair_of(i, tile) + 1) * kBlock, af);  // v . G_i + c_i
-                times_tile<8, ldp>(af, phiQ + kTile * i * ldp, dph);
+                times_tile<8, FeatureTile>(af, phiQ, kTile * i, dph);
             }
             float dphi[2][kR], dz[2][kP], dk[NTD][4];
             stream::dphi_of(dph, dphi);
@@ -479,7 +481,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
         }
         if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
-        add_chunk<D, ldS, ldp, ldv, kChunk>(U, Ub, 1.0f, phiQ, gt);
+        add_chunk<Lay>(U, Ub, 1.0f, phiQ, gt);
+        wgmma::proxy_fence();
         __syncthreads();  // U; the chunk's tiles read before the next chunk's step 1
     }
 

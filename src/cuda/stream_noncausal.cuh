@@ -251,6 +251,35 @@ __device__ void zero_rows_padding(bf16* rows, int tokens) {
     for (int i = threadIdx.x; i < tokens * 6; i += blockDim.x) rows[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
 }
 
+// v53: a tile's right-hand sides ([v, 1] or [G, c]: the rows, then one value per row) into a wide
+// tile (wgmma::Blocked): the rows' columns where the C tiles put them (as put_rows_c_order), the
+// value in two bf16 parts in columns D, D + 1 (as put_column_d).
+template <class T, int D, class Tile>
+__device__ __forceinline__ void put_values(bf16* tile, int col0, const warp::Rows<T, D>& x, const float (&value)[2]) {
+    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = col0 + g + 8 * r;
+#pragma unroll
+        for (int s = 0; s < D / 32; ++s)
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                *reinterpret_cast<std::uint32_t*>(tile + Tile::at(row, 32 * s + 8 * m + 2 * t)) =
+                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
+        if (t == 0) {
+            const float hi = __bfloat162float(__float2bfloat16(value[r]));
+            *reinterpret_cast<std::uint32_t*>(tile + Tile::at(row, D)) = warp16::pack(hi, value[r] - hi);
+        }
+    }
+}
+
+// Columns D + 2 .. kW - 1 of a wide tile of `tokens` rows, which put_values never writes: zeroed once.
+template <int D, class Tile, int kW>
+__device__ void zero_padding(bf16* tile, int tokens) {
+    constexpr int kPad = kW - D - 2;
+    for (int i = threadIdx.x; i < tokens * kPad; i += blockDim.x) tile[Tile::at(i / kPad, D + 2 + i % kPad)] = __float2bfloat16(0.0f);
+}
+
 // ldmatrix with .trans: the 8 x 8 16-bit blocks whose rows (16 bytes each) lanes 8j .. 8j + 7
 // address, transposed into register j: lane (g, t) gets rows 2t, 2t + 1 of column g, i.e. the
 // fragment of an operand whose k runs along the rows (PTX ISA, "ldmatrix").
