@@ -5,20 +5,26 @@
 # the call), then runs the check of the current tree (gpu-h200-check.sh: build, bench, every
 # gpu-labelled test), then all the benches in turn, ROUNDS times, at 8M tokens, bf16, both modes.
 # Run from the checkout's root after `source .devdeps/setup.sh`. Files under $OUT: the check's,
-# old-build.log, ab.txt (one line per run: version, mode, median_s, M tokens/s, forward_s).
+# old-build-<version>.log, ab.txt (one line per run: version, mode, median_s, M tokens/s, forward_s).
 #   OLD="build-v19 build-v21" NEW_NAME=v22 experiments/gpu-ab.sh
 set -uo pipefail
 : "${OLD:?OLD: the folders of the older trees}"
 export NCCL_NVLS_ENABLE=0
 benches=()
+# The older trees build side by side (each is mostly one long nvcc compile).
 for tree in $OLD; do
   name=${tree#build-}
   { timeout 60 cmake -S "$tree" -B "/tmp/b-$name" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a &&
-    timeout 240 cmake --build "/tmp/b-$name" -j "$(nproc)" --target racesp_cuda_bench; } >>"$OUT/old-build.log" 2>&1 ||
-    { echo "BUILD OF $tree FAILED"; tail -5 "$OUT/old-build.log"; exit 1; }
-  benches+=("$name=/tmp/b-$name/src/cuda/racesp_cuda_bench")
-  echo "$tree built: ${SECONDS}s"
+    timeout 300 cmake --build "/tmp/b-$name" -j "$(nproc)" --target racesp_cuda_bench; } >"$OUT/old-build-$name.log" 2>&1 &
 done
+wait
+for tree in $OLD; do
+  name=${tree#build-}
+  [ -x "/tmp/b-$name/src/cuda/racesp_cuda_bench" ] ||
+    { echo "BUILD OF $tree FAILED"; tail -5 "$OUT/old-build-$name.log"; exit 1; }
+  benches+=("$name=/tmp/b-$name/src/cuda/racesp_cuda_bench")
+done
+echo "$OLD built: ${SECONDS}s"
 BUILD=${BUILD:-/tmp/b-check}
 export BUILD
 bash "$(dirname "$0")/gpu-h200-check.sh" || exit 1

@@ -86,6 +86,9 @@ struct CausalBackwardLayout {
 namespace causal_backward {
 
 using bf16 = __nv_bfloat16;
+
+// v55 (experiment): which of v54's two changes run on wgmma.
+constexpr bool kProductsOnWgmma = true, kUpdatesOnWgmma = true;
 using noncausal::column_pos;
 using noncausal::ldmatrix;
 using noncausal::ldmatrix_t;
@@ -180,6 +183,7 @@ __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const 
     constexpr int kS = Lay::kW / 16;
     const int w = threadIdx.x / 32;
     float acc[kS][4] = {};
+    if constexpr (kUpdatesOnWgmma) {
     float(&flat)[4 * kS] = *reinterpret_cast<float(*)[4 * kS]>(&acc[0][0]);
     wgmma::fence(flat);
 #pragma unroll
@@ -191,6 +195,26 @@ __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const 
         wgmma::SharedTimesShared<8 * kS>::template run<1, 1>(flat, a, b);
     }
     wgmma::commit_and_wait(flat);
+    } else {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8, mt = w % 4, nt0 = kS * (w / 4);
+#pragma unroll
+    for (int kk = 0; kk < Lay::kChunk / 16; ++kk) {
+        std::uint32_t a[4];
+        ldmatrix_t(a, phi + FeatureTile::at(16 * kk + i + 8 * (j / 2), 16 * mt + 8 * (j % 2)));
+#pragma unroll
+        for (int s = 0; s + 1 < kS; s += 2) {
+            std::uint32_t b[4];
+            ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * (nt0 + s + j / 2)));
+            warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
+        }
+        if constexpr (kS % 2 == 1) {
+            std::uint32_t b[2];
+            ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * (nt0 + kS - 1)));
+            warp16::mma(acc[kS - 1], a, make_uint2(b[0], b[1]));
+        }
+    }
+    }
     constexpr int D = Lay::NTD * 8;
     if (w < 4) update_half<D, Lay::ldS, typename Lay::StateCopy, 0, kS>(x, xb, sign, acc, w % 4);
     else update_half<D, Lay::ldS, typename Lay::StateCopy, 1, kS>(x, xb, sign, acc, w % 4);
@@ -226,6 +250,40 @@ __device__ __forceinline__ void times_state_t(Frag frag, const bf16* xb, float (
         wgmma::RegsTimesShared<64>::template run<0>(flat, a, b);
     }
     wgmma::commit_and_wait(flat);
+}
+
+// v50's mma.sync forms of the two products, on the blocked copies (v55's comparison).
+template <int D, class StateCopy, class Frag>
+__device__ __forceinline__ void times_state_mma(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt += 2) {
+            std::uint32_t b[4];
+            ldmatrix_t(b, xb + StateCopy::at(16 * ks + i + 8 * (j % 2), 8 * (nt + j / 2)));
+            warp16::mma(acc[nt], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[nt + 1], a, make_uint2(b[2], b[3]));
+        }
+    }
+}
+template <int D, class StateCopy, class Frag>
+__device__ __forceinline__ void times_state_t_mma(Frag frag, const bf16* xb, float (&acc)[8][4]) {
+    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        std::uint32_t a[4];
+        frag(ks, a);
+#pragma unroll
+        for (int nf = 0; nf < 8; nf += 2) {
+            std::uint32_t b[4];
+            ldmatrix(b, xb + StateCopy::at(8 * nf + i + 8 * (j / 2), 16 * ks + 8 * (j % 2)));
+            warp16::mma(acc[nf], a, make_uint2(b[0], b[1]));
+            warp16::mma(acc[nf + 1], a, make_uint2(b[2], b[3]));
+        }
+    }
 }
 
 // acc[nt] += A tile over NT n-tiles, A a 16 x 16 block over 16 tokens of a tile (rows row0 ..
@@ -351,14 +409,13 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_values<T, D, WideTile>(vt, col0, x2, ones);
         }
-        wgmma::proxy_fence();
+        wgmma::proxy_fence();  // and U's copy (step 4)
         __syncthreads();  // phiK, [v, 1] of the chunk
 
         // 2. S before the chunk.
         if (ci == 0) load_state<D, ldS, StateCopy>(S, Sb, s_starts + seg * a.s_seg_stride);
         else add_chunk<Lay>(S, Sb, -1.0f, phiK, vt);
-        wgmma::proxy_fence();
-        __syncthreads();  // S
+        __syncthreads();  // S (its copy is fenced for wgmma after step 3)
 
         // 3. Queries: den, the blocks, the chunk's [G, c] and phi(q) / den. Keys: the state terms.
         float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
@@ -438,19 +495,27 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             }
         } else {
             // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
+            if constexpr (kProductsOnWgmma) {
             times_state<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
             times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
+            } else {
+            times_state_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
+            times_state_t_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
+            }
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dph[nf][e] += col_d_at(U, nf, e);
         }
-        wgmma::proxy_fence();
+        wgmma::proxy_fence();  // and S's copy (step 2)
         __syncthreads();  // the blocks, phiQ, [G, c]
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         if (queries) {
+            if constexpr (kProductsOnWgmma)
             times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
+            else
+            times_state_t_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
             for (int j = 0; j <= tile; ++j) {
                 std::uint32_t af[4];
                 block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, af);  // G . v_j + c
@@ -482,8 +547,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         }
         if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
         add_chunk<Lay>(U, Ub, 1.0f, phiQ, gt);
-        wgmma::proxy_fence();
-        __syncthreads();  // U; the chunk's tiles read before the next chunk's step 1
+        __syncthreads();  // (U's copy is fenced for wgmma after the next chunk's step 1)  // U; the chunk's tiles read before the next chunk's step 1
     }
 
     const double s = block_sum(dbeta, red, Lay::kWarps);
