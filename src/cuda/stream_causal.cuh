@@ -39,14 +39,11 @@ template <class T, int D>
 struct CausalLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int NTW = Base::NTW, KSD = Base::KSD;
-    // Columns of [v, 1] and of S: D, column D in two parts, zeros up to an even number of n-tiles
-    // (each warpgroup takes half of them in the state's update).
-    static constexpr int kN = 16 * ((NTW + 1) / 2);
-    // Features [token][k] in feature_frag's k order; [v, 1] [token][column] and S's bf16 copy
-    // [k][column], columns in out_col's order (the C tiles'), so num comes out as store_rows reads it.
-    using FeatureTile = wgmma::Blocked<warp::kM>;
-    using WideTile = wgmma::Blocked<kN>;
+    static constexpr int NTW = Base::NTW, KSD = Base::KSD, kN = Base::kW;
+    // The chunk's features and [v, 1] tiles; S's bf16 copy [feature][column] is a WideTile too
+    // (features at feature_pos, feature_frag's k order), so num comes out as store_rows reads it.
+    using FeatureTile = typename Base::FeatureTile;
+    using WideTile = typename Base::WideTile;
     std::size_t wpu, phiKB, phi, vb, sb, stage, total;
     __host__ __device__ constexpr CausalLayout() : wpu(0), phiKB(0), phi(0), vb(0), sb(0), stage(0), total(0) {
         std::size_t at = 0;
@@ -70,26 +67,6 @@ namespace causal_forward {
 
 using bf16 = __nv_bfloat16;
 
-// k index kk of feature_frag's k-step ks is table t = kk % 8 / 2, bucket 4 ks + e with
-// e = kk % 2 + 2 (kk / 8): S's rows and the feature tile's columns are in this order (k = 16 ks + kk).
-__host__ __device__ constexpr int feature_of_k(int k) {
-    return warp::kR * (k % 8 / 2) + 4 * (k / 16) + k % 2 + 2 * (k % 16 / 8);
-}
-
-// The tile's features (lane t: table t) into the feature tile, col0 its first token in the chunk.
-template <class Tile>
-__device__ __forceinline__ void put_features(bf16* phi, int col0, const float (&x)[2][warp::kR]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-                *reinterpret_cast<std::uint32_t*>(phi + Tile::at(col0 + g + 8 * r, 16 * ks + 8 * h + 2 * t)) =
-                    warp16::pack(x[r][4 * ks + 2 * h], x[r][4 * ks + 2 * h + 1]);
-}
-
 // acc += att [v, 1] for a 16-key block att (C tiles nt = 0, 1: keys key0 + 8 nt + 2t + e % 2):
 // att as the A fragment over the 16 keys as it is, B from the wide tile with k the token
 // (ldmatrix.trans: lane 8j + i addresses key key0 + i + 8 (j % 2) of n-tile nt + j / 2).
@@ -111,64 +88,6 @@ __device__ __forceinline__ void times_values(const float (&att)[2][4], const bf1
     noncausal::ldmatrix_t(b, vb + Tile::at(row, D));
     warp16::mma(acc[D / 8], a, make_uint2(b[0], b[1]));
 }
-
-// S (M x kN, float32) as the two warpgroups' accumulators: warpgroup h holds the n-tiles
-// [h kTiles, (h + 1) kTiles), warp w the rows 16 (w % 4) .. + 15 (S's rows in feature_frag's k
-// order), element e of its n-tile i: row g + 8 (e / 2), column 8 i + 2t + e % 2. The n-tiles
-// past column D's stay zero ([v, 1] is zero there).
-template <int D, class FeatureTile, class WideTile>
-struct WarpgroupState {
-    static constexpr int NTW = D / 8 + 1, kTiles = (NTW + 1) / 2;
-    float d[4 * kTiles] = {};
-
-    __device__ static int first() { return threadIdx.x / 128 * kTiles; }
-
-    // The segment's start state x (M x (D + 1), float32, features in their own order): column D
-    // into its first part, the second part and the padding zero.
-    __device__ void load(const float* x) {
-        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, m0 = 16 * (threadIdx.x / 32 % 4);
-#pragma unroll
-        for (int i = 0; i < kTiles; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int nt = first() + i, j = 2 * t + e % 2;
-                const int col = nt < NTW ? warp::out_col<D>(nt, j) : D + 1;  // D + j in column D's n-tile
-                const float* row = x + feature_of_k(m0 + g + 8 * (e / 2)) * (D + 1);
-                d[4 * i + e] = col <= D ? __ldg(row + col) : 0.0f;
-            }
-    }
-    // S += phi^T [v, 1] over the chunk's 128 tokens: 8 k-steps of 16 tokens, both operands
-    // MN-major (the tiles' contiguous dimension is M, the features, and N, the columns).
-    __device__ void add(const bf16* phi, const bf16* vb) {
-        wgmma::fence(d);
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-            const std::uint64_t a = wgmma::descriptor(phi + FeatureTile::at(16 * kk, 0), FeatureTile::kRowGroupBytes,
-                                                      FeatureTile::kBlockBytes);
-            const std::uint64_t b = wgmma::descriptor(vb + WideTile::at(16 * kk, 8 * first()), WideTile::kRowGroupBytes,
-                                                      WideTile::kBlockBytes);
-            wgmma::SharedTimesShared<8 * kTiles>::template run<1, 1>(d, a, b);
-        }
-        wgmma::commit_and_wait(d);
-    }
-    // S rounded to bf16 into its copy (column D the sum of its two parts, columns after it zero).
-    __device__ void store(bf16* sb) const {
-        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, m0 = 16 * (threadIdx.x / 32 % 4);
-#pragma unroll
-        for (int i = 0; i < kTiles; ++i) {
-            const int nt = first() + i;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                float lo = d[4 * i + 2 * h], hi = d[4 * i + 2 * h + 1];
-                if (nt >= NTW - 1) {  // column D's n-tile and the zeros after it
-                    lo = nt == NTW - 1 && t == 0 ? lo + hi : 0.0f;
-                    hi = 0.0f;
-                }
-                *reinterpret_cast<std::uint32_t*>(sb + WideTile::at(m0 + g + 8 * h, 8 * nt + 2 * t)) = warp16::pack(lo, hi);
-            }
-        }
-    }
-};
 
 // num = phi(q) S for the warp's 16 queries (its warpgroup's 64 together), S's bf16 copy as B
 // (k over S's rows, N-major).
@@ -216,9 +135,9 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
 
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     noncausal::zero_padding<D, WideTile, kN>(vb, kChunk);
-    causal_forward::WarpgroupState<D, FeatureTile, WideTile> state;
+    noncausal::StateSlice<D> state;  // S, float32, the warpgroups' accumulators
     state.load(s_start);
-    state.store(sb);
+    state.store_copy(sb);
     // The warp's tile of the chunk at c0: its first row (clamped into the segment) and rows.
     auto tile_row = [&](int c0) { return blk.row_of(min(c0 + kTile * warp_id, seg_end - 1)); };
     auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
@@ -244,7 +163,8 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             warp16::project<T, D>(xk, wpu, u);
             if (more) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features<Recip::approx>(u, d.beta, n, phk);
-            causal_forward::put_features<FeatureTile>(phi_s, col0, phk);
+            const float one[2] = {1.0f, 1.0f};
+            noncausal::put_features<FeatureTile>(phi_s, col0, phk, one);
             // B fragment of phi(k)^T for k-step ks (table t, buckets 4ks .. 4ks + 3) and n-tile r (key g + 8r).
 #pragma unroll
             for (int ks = 0; ks < 4; ++ks)
@@ -290,11 +210,11 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             for (int r = 0; r < 2; ++r)
                 if (g + 8 * r < n) out[g + 8 * r] = inv[r];
         }
-        state.add(phi_s, vb);
+        state.template add<kChunk>(phi_s, vb);
         __syncthreads();  // every read of sb, phi_s, phiKB, vb for this chunk is done
 
         // 3. S after the chunk, as bf16, for the next one.
-        state.store(sb);
+        state.store_copy(sb);
     }
 }
 

@@ -25,7 +25,10 @@
 //      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
 //      dk and dv; all: U plus the chunk's queries; barrier.
-// Every operand is read with ldmatrix. Along the features the tiles and states keep the order
+// v55: the two state updates (S minus the chunk's keys, U plus its queries) are wgmma products
+// per warpgroup from the feature and row tiles (wgmma.cuh; the tiles and the states' bf16 copies
+// in its layout, wgmma::Blocked); every other operand is read with ldmatrix, from the same
+// tiles (on wgmma the state products made v12 slower, v54). Along the features the tiles and states keep the order
 // of the C tiles over features (feature_pos), along the D columns that of the C tiles over
 // columns (column_pos): one layout serves both products of a state (k over features, k over
 // columns: ldmatrix with and without .trans), and every product's output is in the order that
@@ -48,9 +51,9 @@ struct CausalBackwardLayout {
     // features [token][feature], [v, 1] and [G, c] [token][column] (D, column D in two parts,
     // zeros up to an even number of n-tiles: each warpgroup takes half in the states' updates),
     // the states' copies [feature][column] (D columns).
-    static constexpr int kW = 16 * ((NTW + 1) / 2);
-    using FeatureTile = wgmma::Blocked<warp::kM>;
-    using WideTile = wgmma::Blocked<kW>;
+    static constexpr int kW = StreamLayout<T, D>::kW;
+    using FeatureTile = typename StreamLayout<T, D>::FeatureTile;
+    using WideTile = typename StreamLayout<T, D>::WideTile;
     using StateCopy = wgmma::Blocked<D>;
     static constexpr int ldS = D + 8;  // float32 states [feature][column]: 8 mod 32 words, column D at D
     static constexpr int kPairs = kTiles * (kTiles + 1) / 2;  // (query tile i, key tile j <= i)
@@ -86,28 +89,11 @@ struct CausalBackwardLayout {
 namespace causal_backward {
 
 using bf16 = __nv_bfloat16;
-
-// v55 (experiment): which of v54's two changes run on wgmma.
-constexpr bool kProductsOnWgmma = true, kUpdatesOnWgmma = true;
 using noncausal::column_pos;
 using noncausal::ldmatrix;
 using noncausal::ldmatrix_t;
 
-// Feature f = 16 t + b (table t, bucket b) sits where the C tiles over features put it: n-tile
-// b / 2, column 2t + b % 2 (stream::dphi_of), which is also the k order of warp16::feature_frag.
-__host__ __device__ constexpr int feature_pos(int f) { return 8 * (f % 16 / 2) + 2 * (f / 16) + f % 2; }
-
-// The lane's features of its two rows, each row times scale[r], into a feature tile.
-template <class Tile>
-__device__ __forceinline__ void put_features(bf16* tile, int col0, const float (&phi)[2][warp::kR], const float (&scale)[2]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-            *reinterpret_cast<std::uint32_t*>(tile + Tile::at(col0 + g + 8 * r, 8 * nt + 2 * t)) =
-                warp16::pack(phi[r][2 * nt] * scale[r], phi[r][2 * nt + 1] * scale[r]);
-}
+using noncausal::feature_pos;
 
 // A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb. The
 // loads go out in batches of 8 per thread before their stores (v41: one global latency per batch;
@@ -183,7 +169,6 @@ __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const 
     constexpr int kS = Lay::kW / 16;
     const int w = threadIdx.x / 32;
     float acc[kS][4] = {};
-    if constexpr (kUpdatesOnWgmma) {
     float(&flat)[4 * kS] = *reinterpret_cast<float(*)[4 * kS]>(&acc[0][0]);
     wgmma::fence(flat);
 #pragma unroll
@@ -195,66 +180,16 @@ __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const 
         wgmma::SharedTimesShared<8 * kS>::template run<1, 1>(flat, a, b);
     }
     wgmma::commit_and_wait(flat);
-    } else {
-    const int i = warp::lane_id() % 8, j = warp::lane_id() / 8, mt = w % 4, nt0 = kS * (w / 4);
-#pragma unroll
-    for (int kk = 0; kk < Lay::kChunk / 16; ++kk) {
-        std::uint32_t a[4];
-        ldmatrix_t(a, phi + FeatureTile::at(16 * kk + i + 8 * (j / 2), 16 * mt + 8 * (j % 2)));
-#pragma unroll
-        for (int s = 0; s + 1 < kS; s += 2) {
-            std::uint32_t b[4];
-            ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * (nt0 + s + j / 2)));
-            warp16::mma(acc[s], a, make_uint2(b[0], b[1]));
-            warp16::mma(acc[s + 1], a, make_uint2(b[2], b[3]));
-        }
-        if constexpr (kS % 2 == 1) {
-            std::uint32_t b[2];
-            ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * (nt0 + kS - 1)));
-            warp16::mma(acc[kS - 1], a, make_uint2(b[0], b[1]));
-        }
-    }
-    }
     constexpr int D = Lay::NTD * 8;
     if (w < 4) update_half<D, Lay::ldS, typename Lay::StateCopy, 0, kS>(x, xb, sign, acc, w % 4);
     else update_half<D, Lay::ldS, typename Lay::StateCopy, 1, kS>(x, xb, sign, acc, w % 4);
 }
 
 // acc[nt] += A X[:, :D] for the D columns' n-tiles, A's k-step ks over the features given by
-// `frag(ks, a)`, X's bf16 copy N-major (k along its rows), on wgmma (v54: the warpgroup's 64 rows).
+// `frag(ks, a)`, X's bf16 copy read with k along its rows (.trans). (On wgmma, v54-v55, these
+// products made v12 slower: 8.49 -> 9.14 ms at 2M.)
 template <int D, class StateCopy, class Frag>
 __device__ __forceinline__ void times_state(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
-    float(&flat)[D / 2] = *reinterpret_cast<float(*)[D / 2]>(&acc[0][0]);
-    wgmma::fence(flat);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-        std::uint32_t a[4];
-        frag(ks, a);
-        const std::uint64_t b = wgmma::descriptor(xb + StateCopy::at(16 * ks, 0), StateCopy::kRowGroupBytes, StateCopy::kBlockBytes);
-        wgmma::RegsTimesShared<D>::template run<1>(flat, a, b);
-    }
-    wgmma::commit_and_wait(flat);
-}
-
-// acc[nf] += R X[:, :D]^T over the 8 n-tiles of features, R's k-step ks over the D columns
-// given by `frag(ks, a)`, X's bf16 copy K-major (k along its columns), on wgmma (v54).
-template <int D, class StateCopy, class Frag>
-__device__ __forceinline__ void times_state_t(Frag frag, const bf16* xb, float (&acc)[8][4]) {
-    float(&flat)[32] = *reinterpret_cast<float(*)[32]>(&acc[0][0]);
-    wgmma::fence(flat);
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        std::uint32_t a[4];
-        frag(ks, a);
-        const std::uint64_t b = wgmma::descriptor(xb + StateCopy::at(0, 16 * ks), StateCopy::kBlockBytes, StateCopy::kRowGroupBytes);
-        wgmma::RegsTimesShared<64>::template run<0>(flat, a, b);
-    }
-    wgmma::commit_and_wait(flat);
-}
-
-// v50's mma.sync forms of the two products, on the blocked copies (v55's comparison).
-template <int D, class StateCopy, class Frag>
-__device__ __forceinline__ void times_state_mma(Frag frag, const bf16* xb, float (&acc)[D / 8][4]) {
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -269,8 +204,10 @@ __device__ __forceinline__ void times_state_mma(Frag frag, const bf16* xb, float
         }
     }
 }
+// acc[nf] += R X[:, :D]^T over the 8 n-tiles of features, R's k-step ks over the D columns
+// given by `frag(ks, a)`, X's bf16 copy read with k along its columns (no .trans).
 template <int D, class StateCopy, class Frag>
-__device__ __forceinline__ void times_state_t_mma(Frag frag, const bf16* xb, float (&acc)[8][4]) {
+__device__ __forceinline__ void times_state_t(Frag frag, const bf16* xb, float (&acc)[8][4]) {
     const int i = warp::lane_id() % 8, j = warp::lane_id() / 8;
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
@@ -360,9 +297,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     const long long row_stride = blk.row_stride, bh = blk.bh;
     const long long state_size = static_cast<long long>(kM) * (D + 1);
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
-    // The warp's role, uniform across each warpgroup as the compiler sees it (a value shuffled from
-    // lane 0, as CUTLASS takes its warpgroup index): wgmma in a branch that the compiler takes for
-    // divergent gets its warpgroup arrivals inserted there, and then every wgmma is serialized.
+    // The role from a value shuffled from lane 0, which the compiler knows to be the same across the
+    // warp: with `warp_id < 4` ptxas spills 28 bytes at D=128, with the shuffle 8.
     const bool queries = __shfl_sync(0xffffffffu, warp_id, 0) < 4;
     const int tile = warp_id % 4;  // the warp's tile in the chunk (queries or keys)
     const float* s_starts = a.s_start + bh * d.nseg * a.s_seg_stride;
@@ -405,7 +341,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         warp16::project<T, D>(x1, wpu, u);
         features(u, d.beta, n, phi);
         if (!queries) {
-            put_features<FeatureTile>(phiK, col0, phi, one);
+            noncausal::put_features<FeatureTile>(phiK, col0, phi, one);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_values<T, D, WideTile>(vt, col0, x2, ones);
         }
@@ -472,7 +408,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                     for (int e = 0; e < 4; ++e) pk[j][nt][e] *= inv[e / 2];
                 put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
             }
-            put_features<FeatureTile>(phiQ, col0, phi, inv);
+            noncausal::put_features<FeatureTile>(phiQ, col0, phi, inv);
             noncausal::put_values<T, D, WideTile>(gt, col0, x2, c);
             for (int j = 0; j <= tile; ++j) {
                 float half[2][2][4] = {};  // G . v_j over even and odd k-steps
@@ -495,13 +431,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             }
         } else {
             // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
-            if constexpr (kProductsOnWgmma) {
             times_state<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
             times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
-            } else {
-            times_state_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
-            times_state_t_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Ub, dph);
-            }
 #pragma unroll
             for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
@@ -512,10 +443,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 
         // 4. The chunk's own terms, the gradients out, and U before the chunk.
         if (queries) {
-            if constexpr (kProductsOnWgmma)
             times_state_t<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
-            else
-            times_state_t_mma<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::rows_frag_bf16<T, D>(x2, ks, af); }, Sb, dph);
             for (int j = 0; j <= tile; ++j) {
                 std::uint32_t af[4];
                 block_for_queries<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, af);  // G . v_j + c

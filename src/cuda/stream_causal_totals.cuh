@@ -17,8 +17,8 @@
 //      last warp moves that sum past the chunk (two copies, alternating, so that no barrier
 //      separates its readers from the writer); phi(q) / den and [G, -(G . o)] into the chunk's
 //      tiles as rows (bf16; column D in two parts), as the non-causal query totals; barrier;
-//   3. each warp adds the chunk to its slice of U (registers, from zero; v35: bf16 operands read
-//      with ldmatrix.trans, stream_noncausal.cuh's StateSlice); barrier.
+//   3. the chunk is added to U (registers, from zero; v35: bf16 operands; v56: wgmma products
+//      of the two warpgroups, stream_noncausal.cuh's StateSlice); barrier.
 // The normaliser's products stay TF32. At most 128 registers: two blocks per multiprocessor
 // (v15; v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230
 // registers).
@@ -36,7 +36,9 @@ template <class T, int D>
 struct CausalTotalsLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int KSD = Base::KSD, ldp = Base::ldp, ldv = Base::ldv;
+    static constexpr int KSD = Base::KSD, kW = Base::kW;
+    using FeatureTile = typename Base::FeatureTile;
+    using WideTile = typename Base::WideTile;
     // zt rows: the chunk's 8 tile sums, then the sum before the chunk in two alternating copies.
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
@@ -51,8 +53,8 @@ struct CausalTotalsLayout {
         };
         wpu = take(KSD * 2 * 32 * sizeof(uint4));
         zt = take(kZRows * ldZ * sizeof(float));
-        phi = take(kChunk * ldp * sizeof(__nv_bfloat16));
-        rows = take(kChunk * ldv * sizeof(__nv_bfloat16));
+        phi = take(kChunk * warp::kM * sizeof(__nv_bfloat16));
+        rows = take(kChunk * kW * sizeof(__nv_bfloat16));
         total = at;
     }
 };
@@ -79,7 +81,9 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     using namespace warp;
     constexpr Lay lay;
     using bf16 = __nv_bfloat16;
-    constexpr int kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv, ldZ = Lay::ldZ;
+    constexpr int kChunk = Lay::kChunk, ldZ = Lay::ldZ;
+    using FeatureTile = typename Lay::FeatureTile;
+    using WideTile = typename Lay::WideTile;
     extern __shared__ __align__(128) unsigned char sm[];
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
     float* zt = reinterpret_cast<float*>(sm + lay.zt);
@@ -95,7 +99,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
     if constexpr (!kKeptNormalisers)
         stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, a.s_start + (bh * d.nseg + seg) * a.s_seg_stride);
-    noncausal::zero_rows_padding<D, ldv>(rows_s, kChunk);
+    noncausal::zero_padding<D, WideTile, Lay::kW>(rows_s, kChunk);
     noncausal::StateSlice<D> u_slice;
     __syncthreads();
 
@@ -192,21 +196,21 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
         }
         {
             // phi(q) / den, G and -(G . o) (the state's column D) as the chunk's rows.
-            noncausal::put_features<ldp>(phi_s, col0, phq, inv);
+            noncausal::put_features<FeatureTile>(phi_s, col0, phq, inv);
             Rows<T, D> xg, xo;
             xg.load(a.dout, row0, row_stride, n);
             xo.load(a.o, row0, row_stride, n);
-            noncausal::put_rows<T, D, ldv>(rows_s, col0, xg);
             float go[2];
             stream::row_dots(xg, xo, go);
 #pragma unroll
             for (int r = 0; r < 2; ++r) go[r] = -go[r];
-            noncausal::put_column_d<D, ldv>(rows_s, col0, go);
+            noncausal::put_values<T, D, WideTile>(rows_s, col0, xg, go);
         }
+        wgmma::proxy_fence();  // the tiles are read by wgmma
         __syncthreads();  // the chunk's features and rows
 
-        // 3. The chunk into the warp's slice of U.
-        u_slice.template add<ldp, ldv, kChunk>(phi_s, rows_s);
+        // 3. The chunk into U (v56: the two warpgroups' wgmma accumulators).
+        u_slice.template add<kChunk>(phi_s, rows_s);
         __syncthreads();  // the tiles and zt's tile sums read before the next chunk writes them
     }
     u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));

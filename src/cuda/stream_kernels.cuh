@@ -8,6 +8,7 @@
 #include "segment_kernel.cuh"
 #include "warp_tiles.cuh"
 #include "warp_tiles16.cuh"
+#include "wgmma.cuh"
 
 namespace racesp::cuda {
 
@@ -17,6 +18,13 @@ struct StreamLayout {
     static constexpr int kWarps = 8, kThreads = 32 * kWarps;
     static constexpr int kChunk = kWarps * warp::kTile;  // tokens per step of the two sums
     static constexpr int NTD = D / 8, NTW = NTD + 1;
+    // v53-v56: the chunks' tiles in wgmma's layout (wgmma::Blocked; ldmatrix reads it too):
+    // features [token][feature] (noncausal::feature_pos's order), right-hand sides ([v, 1] or
+    // [G, c]) [token][column] (out_col's order: D, column D in two parts, zeros up to an even
+    // number of n-tiles, so that each warpgroup sums half of them).
+    static constexpr int kW = 16 * ((NTW + 1) / 2);
+    using FeatureTile = wgmma::Blocked<warp::kM>;
+    using WideTile = wgmma::Blocked<kW>;
 };
 
 namespace stream {

@@ -29,15 +29,14 @@ struct NoncausalLayout {
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
     static constexpr int NTD = Base::NTD, NTW = Base::NTW;
     static constexpr int KSD = D / 16;                    // k-steps over D columns
-    // The chunk's tiles (v30): features and right-hand rows [token][column], bf16, rows of an odd
-    // number of 16-byte pieces so that ldmatrix's 8 rows hit different banks: 72 features (64
-    // used), D + 8 columns (D + 2 used: the rows, and column D in two parts).
-    static constexpr int ldp = warp::kM + 8, ldv = D + 8;
+    static constexpr int kW = Base::kW;
+    using FeatureTile = typename Base::FeatureTile;  // the chunk's tiles
+    using WideTile = typename Base::WideTile;
     // Two sets in the query totals (v29), so that a chunk's writes need no barrier after the
     // previous chunk's reads; one in the key totals, whose second block per multiprocessor (the
     // shared memory of two sets would not leave room for it) covers its barriers.
     static constexpr int buffers(Pass pass) { return pass == Pass::query_state ? 2 : 1; }
-    static constexpr int kPhi = kChunk * ldp, kRows = kChunk * ldv;  // elements of one set
+    static constexpr int kPhi = kChunk * warp::kM, kRows = kChunk * kW;  // elements of one set
     std::size_t red, wpu, wpd, sa, z, st, phi, rows, stage, total;
 
     __host__ __device__ constexpr NoncausalLayout(Pass pass)
@@ -174,86 +173,34 @@ __device__ __forceinline__ void times_state_t(Frag frag, const uint2* st, float 
     stream::dphi_of(acc, dph);
 }
 
-// The tile's features, each row times scale[r], into phi ([token][feature], ldp elements); col0
-// is the tile's first token in the chunk. Lane t's 16 features (table t) are two 16-byte pieces.
-template <int ldp>
-__device__ __forceinline__ void put_features(bf16* phi_s, int col0, const float (&phi)[2][warp::kR],
-                                             const float (&scale)[2]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            std::uint32_t w[4];
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-                w[i] = warp16::pack(phi[r][8 * h + 2 * i] * scale[r], phi[r][8 * h + 2 * i + 1] * scale[r]);
-            *reinterpret_cast<uint4*>(phi_s + (col0 + g + 8 * r) * ldp + warp::kR * t + 8 * h) =
-                make_uint4(w[0], w[1], w[2], w[3]);
-        }
-}
-
-// The tile's rows, as bf16, into columns 0 .. D - 1 of rows ([token][column], ldv elements):
-// each lane's row-layout vectors as they are.
-template <class T, int D, int ldv>
-__device__ __forceinline__ void put_rows(bf16* rows, int col0, const warp::Rows<T, D>& x) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int s = 0; s < D / 32; ++s) {
-            const uint4 v = x.x[r][s];
-            *reinterpret_cast<uint4*>(rows + (col0 + g + 8 * r) * ldv + 32 * s + 8 * t) =
-                make_uint4(warp16::as_bf16<T>(v.x), warp16::as_bf16<T>(v.y), warp16::as_bf16<T>(v.z),
-                           warp16::as_bf16<T>(v.w));
-        }
-}
-
-// Column c = 32 a + 8 t + 2 m + i (< D) sits where the C tiles over columns put it: n-tile 4a + m,
+// Column c = 32 a + 8 t + 2 m + i (< D) sits where the C tiles over columns put them: n-tile 4a + m,
 // column 2t + i (warp::out_col), which is also the k order of warp16::rows_frag. A tile stored
 // with its columns there gives, read with ldmatrix (.trans where k is the token), B fragments
 // whose products come out in out_col's order (v38's causal backward, v45's causal forward).
 __host__ __device__ constexpr int column_pos(int c) { return (c & ~31) | ((c & 6) << 2) | ((c >> 2) & 6) | (c & 1); }
 
-// The tile's rows, as bf16, into columns 0 .. D - 1 of rows ([token][column], ldv elements) at
-// column_pos: word m of the lane's vector s (columns 32 s + 8 t + 2 m, + 1) at 32 s + 8 m + 2 t.
-template <class T, int D, int ldv>
-__device__ __forceinline__ void put_rows_c_order(bf16* rows, int col0, const warp::Rows<T, D>& x) {
+// Feature f = 16 t + b (table t, bucket b) sits where the C tiles over features put it: n-tile
+// b / 2, column 2t + b % 2 (stream::dphi_of), which is also the k order of warp16::feature_frag
+// (k-step ks, k = 8 (e / 2) + 2t + e % 2 for bucket 4 ks + e). feature_at is its inverse.
+__host__ __device__ constexpr int feature_pos(int f) { return 8 * (f % 16 / 2) + 2 * (f / 16) + f % 2; }
+__host__ __device__ constexpr int feature_at(int p) { return warp::kR * (p % 8 / 2) + 2 * (p / 8) + p % 2; }
+
+// The lane's features of its two rows, each row times scale[r], into a feature tile
+// (wgmma::Blocked, features at feature_pos); col0 is the tile's first token in the chunk.
+template <class Tile>
+__device__ __forceinline__ void put_features(bf16* tile, int col0, const float (&phi)[2][warp::kR], const float (&scale)[2]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int s = 0; s < D / 32; ++s)
-#pragma unroll
-            for (int m = 0; m < 4; ++m)
-                *reinterpret_cast<std::uint32_t*>(rows + (col0 + g + 8 * r) * ldv + 32 * s + 8 * m + 2 * t) =
-                    warp16::as_bf16<T>(warp16::word(x.x[r][s], m));
+        for (int nt = 0; nt < 8; ++nt)
+            *reinterpret_cast<std::uint32_t*>(tile + Tile::at(col0 + g + 8 * r, 8 * nt + 2 * t)) =
+                warp16::pack(phi[r][2 * nt] * scale[r], phi[r][2 * nt + 1] * scale[r]);
 }
 
-// Column D of the tile's right-hand side (one value per row) into column D, and what bf16
-// leaves of it into column D + 1: StateSlice::store adds the two, so column D of the sum keeps
-// about 16 bits (columns D + 2 .. D + 7 stay zero).
-template <int D, int ldv>
-__device__ __forceinline__ void put_column_d(bf16* rows, int col0, const float (&x)[2]) {
-    const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-    if (t != 0) return;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float hi = __bfloat162float(__float2bfloat16(x[r]));
-        *reinterpret_cast<std::uint32_t*>(rows + (col0 + g + 8 * r) * ldv + D) = warp16::pack(hi, x[r] - hi);
-    }
-}
-
-// Columns D + 2 .. D + 7 of rows tiles of `tokens` rows (the last n-tile's past D + 1), which
-// put_rows and put_column_d never write: zeroed once.
-template <int D, int ldv>
-__device__ void zero_rows_padding(bf16* rows, int tokens) {
-    for (int i = threadIdx.x; i < tokens * 6; i += blockDim.x) rows[(i / 6) * ldv + D + 2 + i % 6] = __float2bfloat16(0.0f);
-}
-
-// v53: a tile's right-hand sides ([v, 1] or [G, c]: the rows, then one value per row) into a wide
-// tile (wgmma::Blocked): the rows' columns where the C tiles put them (as put_rows_c_order), the
-// value in two bf16 parts in columns D, D + 1 (as put_column_d).
+// A tile's right-hand sides ([v, 1] or [G, c]: the rows, then one value per row) into a wide tile
+// (wgmma::Blocked): the rows' columns at column_pos, the value in columns D, D + 1 as two bf16
+// parts (the value rounded, and what that leaves), so that column D of a sum keeps ~16 bits.
 template <class T, int D, class Tile>
 __device__ __forceinline__ void put_values(bf16* tile, int col0, const warp::Rows<T, D>& x, const float (&value)[2]) {
     const int g = warp::lane_id() / 4, t = warp::lane_id() % 4;
@@ -272,7 +219,6 @@ __device__ __forceinline__ void put_values(bf16* tile, int col0, const warp::Row
         }
     }
 }
-
 // Columns D + 2 .. kW - 1 of a wide tile of `tokens` rows, which put_values never writes: zeroed once.
 template <int D, class Tile, int kW>
 __device__ void zero_padding(bf16* tile, int tokens) {
@@ -308,115 +254,77 @@ __device__ __forceinline__ void ldmatrix(std::uint32_t (&r)[4], const bf16* p) {
                  : "memory");
 }
 
-// The warp's slice of a state (M x (D + 1)) summed over tokens: m-tiles 0..3 of n-tiles w + 8 i,
-// and for warps 0..3 m-tile w of the last n-tile (the extra column D). A = phi^T and B = the
-// rows, both read [token][column] with ldmatrix.trans (v30): k is the token.
+// A state (M x (D + 1)) summed over tokens, float32, as the two warpgroups' wgmma accumulators
+// (v53: v10's state; v56: the key and query totals' sums too): warpgroup h holds the n-tiles
+// [h kTiles, (h + 1) kTiles) of the wide tiles' columns, warp w the rows 16 (w % 4) .. + 15
+// (features at feature_pos), element e of its n-tile i at row g + 8 (e / 2), column
+// 8 i + 2t + e % 2. The n-tiles past column D's stay zero (so are the tiles there).
 template <int D>
 struct StateSlice {
-    static constexpr int NTD = D / 8, FULL = D / 64;
-    float acc[FULL * 4 + 1][4] = {};
+    static constexpr int NTW = D / 8 + 1, kTiles = (NTW + 1) / 2;
+    using FeatureTile = wgmma::Blocked<warp::kM>;
+    using WideTile = wgmma::Blocked<16 * kTiles>;
+    float d[4 * kTiles] = {};
 
-    template <int ldp, int ldv, int kChunk>
-    __device__ __forceinline__ void add(const bf16* phi, const bf16* rows) {
-        const int w = threadIdx.x / 32, i = warp::lane_id() % 8, j = warp::lane_id() / 8;
-        // Lane 8j + i addresses row i of block j: A's blocks (a0 .. a3) are tokens + 8 (j / 2),
-        // features + 8 (j % 2); B's (b0, b1 of n-tile w, then of w + 8) tokens + 8 (j % 2),
-        // columns + 64 (j / 2).
-        const bf16* a_at = phi + (i + 8 * (j / 2)) * ldp + 8 * (j % 2);
-        const bf16* b_at = rows + (i + 8 * (j % 2)) * ldv + 8 * w + 64 * (j / 2);
-        const bf16* x_at = rows + (i + 8 * (j % 2)) * ldv + D;
-#pragma unroll 2
-        for (int kk = 0; kk < kChunk / 16; ++kk) {
-            std::uint32_t a[4][4];
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt) ldmatrix_t(a[mt], a_at + 16 * kk * ldp + 16 * mt);
-            if constexpr (FULL == 2) {
-                std::uint32_t b[4];
-                ldmatrix_t(b, b_at + 16 * kk * ldv);
-#pragma unroll
-                for (int mt = 0; mt < 4; ++mt) {
-                    warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
-                    warp16::mma(acc[4 + mt], a[mt], make_uint2(b[2], b[3]));
-                }
-            } else {
-                std::uint32_t b[2];
-                ldmatrix_t(b, b_at + 16 * kk * ldv);
-#pragma unroll
-                for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
-            }
-            if (w < 4) {
-                // m-tile w of the extra column (its own loads: a register array cannot be
-                // indexed by the warp number without going to local memory).
-                std::uint32_t ax[4], bx[2];
-                ldmatrix_t(ax, a_at + 16 * kk * ldp + 16 * w);
-                ldmatrix_t(bx, x_at + 16 * kk * ldv);
-                warp16::mma(acc[4 * FULL], ax, make_uint2(bx[0], bx[1]));
-            }
-        }
-    }
-    // f(value, m, col) for each element of the slice in the state (M x (D + 1)); column D is the
-    // sum of the bf16 parts in columns D and D + 1 (put_column_d).
+    __device__ static int first() { return threadIdx.x / 128 * kTiles; }
+
+    // f(m, col, e, i) for each element: m the feature, col the state's column (D + 1: none, in
+    // column D's second part and the padding).
     template <class F>
-    __device__ __forceinline__ void each(F f) const {
-        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-        auto tile = [&](const float (&c)[4], int mt, int nt) {
+    __device__ __forceinline__ static void each(F f) {
+        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, p0 = 16 * (threadIdx.x / 32 % 4);
+#pragma unroll
+        for (int i = 0; i < kTiles; ++i)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int m = 16 * mt + g + 8 * (e / 2), col = 8 * nt + 2 * t + e % 2;
-                if (col < D + 1) f(c[e], m, col);
+                const int nt = first() + i;
+                const int col = nt < NTW ? warp::out_col<D>(nt, 2 * t + e % 2) : D + 1;  // D + j in column D's n-tile
+                f(feature_at(p0 + g + 8 * (e / 2)), col <= D ? col : D + 1, e, i);
             }
-        };
+    }
+    // phi^T rows over a chunk of kChunk tokens: kChunk / 16 k-steps, both tiles MN-major (their
+    // contiguous dimension is M, the features, and N, the columns).
+    template <int kChunk>
+    __device__ __forceinline__ void add(const bf16* phi, const bf16* rows) {
+        wgmma::fence(d);
 #pragma unroll
-        for (int i = 0; i < FULL; ++i)
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt) tile(acc[4 * i + mt], mt, w + 8 * i);
-        if (w < 4 && t == 0) {
-            const float c[4] = {acc[4 * FULL][0] + acc[4 * FULL][1], 0.0f, acc[4 * FULL][2] + acc[4 * FULL][3], 0.0f};
-            tile(c, w, NTD);
+        for (int kk = 0; kk < kChunk / 16; ++kk) {
+            const std::uint64_t a =
+                wgmma::descriptor(phi + FeatureTile::at(16 * kk, 0), FeatureTile::kRowGroupBytes, FeatureTile::kBlockBytes);
+            const std::uint64_t b = wgmma::descriptor(rows + WideTile::at(16 * kk, 8 * first()), WideTile::kRowGroupBytes,
+                                                      WideTile::kBlockBytes);
+            wgmma::SharedTimesShared<8 * kTiles>::template run<1, 1>(d, a, b);
         }
+        wgmma::commit_and_wait(d);
     }
+    // The sum into a float32 state (M x (D + 1)); column D is the sum of its two parts.
     __device__ __forceinline__ void store(float* out) const {
-        each([&](float v, int m, int col) { out[m * (D + 1) + col] = v; });
+        each([&](int f, int col, int e, int i) {
+            if (col < D) out[f * (D + 1) + col] = d[4 * i + e];
+            else if (col == D && e % 2 == 0) out[f * (D + 1) + D] = d[4 * i + e] + d[4 * i + e + 1];
+        });
     }
-    // The slice starts from a state x (M x (D + 1), float32) instead of zero (v34, the causal
-    // forward): column D into its first part, the second part zero.
+    // The causal forward's start (v34): a state x (M x (D + 1)), column D into its first part.
     __device__ __forceinline__ void load(const float* x) {
-        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-#pragma unroll
-        for (int i = 0; i < FULL; ++i)
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    acc[4 * i + mt][e] = __ldg(x + (16 * mt + g + 8 * (e / 2)) * (D + 1) + 8 * (w + 8 * i) + 2 * t + e % 2);
-        if (w < 4)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-                acc[4 * FULL][e] = t == 0 && e % 2 == 0 ? __ldg(x + (16 * w + g + 8 * (e / 2)) * (D + 1) + D) : 0.0f;
+        each([&](int f, int col, int e, int i) { d[4 * i + e] = col <= D ? __ldg(x + f * (D + 1) + col) : 0.0f; });
     }
-    // The slice, rounded to bf16, into a state arranged by arrange_state: feature m, column col
-    // is bf16 e' of word (ks NTW + nt) 32 + 4 g' + t' with t' = m / 16, ks = m % 16 / 4,
-    // e' = m % 4, nt = 4 (col / 32) + col % 8 / 2, g' = 2 (col % 32 / 8) + col % 2 (col < D; column
-    // D: nt = NTD, g' = 0). For element e of tile (i, mt) that is the lane's base plus a constant
-    // (v42: each store had its own index arithmetic, ~15% of v10's stall samples).
-    __device__ __forceinline__ void store_arranged(uint2* sa) const {
-        constexpr int NTW = NTD + 1;
-        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
-        bf16* out = reinterpret_cast<bf16*>(sa);
-        // m = 16 mt + g + 8 (e / 2), col = 8 (w + 8 i) + 2 t + e % 2.
-        bf16* base = out + ((g / 4) * NTW + 4 * (w / 4) + t) * 128 + 32 * (w % 4) + g % 4;
+    // The sum rounded to bf16 into a copy [feature][column] (wgmma::Blocked of the wide tiles'
+    // width, features at feature_pos, columns at column_pos): column D the sum of its two parts,
+    // the columns after it zero (the causal forward's B operand of phi(q) S).
+    __device__ __forceinline__ void store_copy(bf16* copy) const {
+        const int g = warp::lane_id() / 4, t = warp::lane_id() % 4, p0 = 16 * (threadIdx.x / 32 % 4);
 #pragma unroll
-        for (int i = 0; i < FULL; ++i)
+        for (int i = 0; i < kTiles; ++i) {
+            const int nt = first() + i;
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    base[(2 * (e / 2) * NTW + 8 * i) * 128 + 16 * (e % 2) + 4 * mt] = __float2bfloat16(acc[4 * i + mt][e]);
-        if (w < 4 && t == 0) {
-            // Column D (the sum of its two parts), m = 16 w + g + 8 h.
-            bf16* col_d = out + ((g / 4) * NTW + NTD) * 128 + 4 * w + g % 4;
-            col_d[0] = __float2bfloat16(acc[4 * FULL][0] + acc[4 * FULL][1]);
-            col_d[2 * NTW * 128] = __float2bfloat16(acc[4 * FULL][2] + acc[4 * FULL][3]);
+            for (int h = 0; h < 2; ++h) {
+                float lo = d[4 * i + 2 * h], hi = d[4 * i + 2 * h + 1];
+                if (nt >= NTW - 1) {  // column D's n-tile and the zeros after it
+                    lo = nt == NTW - 1 && t == 0 ? lo + hi : 0.0f;
+                    hi = 0.0f;
+                }
+                *reinterpret_cast<std::uint32_t*>(copy + WideTile::at(p0 + g + 8 * h, 8 * nt + 2 * t)) = warp16::pack(lo, hi);
+            }
         }
     }
 };
@@ -435,7 +343,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     using namespace warp;
     using noncausal::bf16;
     constexpr Lay lay(pass);
-    constexpr int NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk, ldp = Lay::ldp, ldv = Lay::ldv;
+    constexpr int NTD = Lay::NTD, NTW = Lay::NTW, kChunk = Lay::kChunk;
+    using FeatureTile = typename Lay::FeatureTile;
+    using WideTile = typename Lay::WideTile;
     extern __shared__ __align__(128) unsigned char sm[];
     double* red = reinterpret_cast<double*>(sm + lay.red);
     uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
@@ -467,7 +377,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
         noncausal::arrange_state_t<D>(st, a.u_start + bh * state_size);
     }
     if constexpr (pass == Pass::key_state || pass == Pass::query_state)
-        noncausal::zero_rows_padding<D, ldv>(rows_s, Lay::buffers(pass) * kChunk);
+        noncausal::zero_padding<D, WideTile, Lay::kW>(rows_s, Lay::buffers(pass) * kChunk);
     __syncthreads();
     double dbeta = 0.0;
 
@@ -552,10 +462,9 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 xv.load(a.v, row0, row_stride, n);
                 warp16::project<T, D>(xk, wpu, u);
                 features<Recip::approx>(u, d.beta, n, phi);
-                noncausal::put_rows<T, D, ldv>(rows_c, col0, xv);
                 const int g = lane_id() / 4;
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
-                noncausal::put_column_d<D, ldv>(rows_c, col0, ones);
+                noncausal::put_values<T, D, WideTile>(rows_c, col0, xv, ones);
             } else {
                 // Query totals with v8's split: also dq and the queries' part of dbeta, from the
                 // normaliser den = phi(q) . z and Wm = [dout, -(dout . o)] / den. v27: dout's rows
@@ -590,9 +499,8 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                     for (int r = 0; r < 2; ++r) dph[r][b] = (dph[r][b] + go[r] * z) * scale[r];
                 }
                 // [dout, -(dout . o)] into the chunk's rows for U += (phi(q) / den)^T [dout, -(dout . o)].
-                noncausal::put_rows<T, D, ldv>(rows_c, col0, xg);
+                noncausal::put_values<T, D, WideTile>(rows_c, col0, xg, go);
                 if (more) stage_g.fetch(a.dout, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
-                noncausal::put_column_d<D, ldv>(rows_c, col0, go);
                 float dz[2][kP];
                 dbeta += features_backward(u, phi, dph, d.beta, dz);
                 float dq[NTD][4];
@@ -600,9 +508,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 const float one[2] = {1.0f, 1.0f};
                 if (n > 0) store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
             }
-            noncausal::put_features<ldp>(phi_c, col0, phi, scale);
+            noncausal::put_features<FeatureTile>(phi_c, col0, phi, scale);
+            wgmma::proxy_fence();  // the tiles are read by wgmma
             __syncthreads();  // the chunk's features and right-hand rows
-            slice.template add<ldp, ldv, kChunk>(phi_c, rows_c);
+            slice.template add<kChunk>(phi_c, rows_c);
             // With one set, read before the next chunk overwrites it. With two, the chunk after
             // next writes this set only once every warp has passed the next chunk's barrier.
             if constexpr (Lay::buffers(pass) == 1) __syncthreads();
