@@ -17,8 +17,8 @@
 //      last warp moves that sum past the chunk (two copies, alternating, so that no barrier
 //      separates its readers from the writer); phi(q) / den and [G, -(G . o)] into the chunk's
 //      tiles as rows (bf16; column D in two parts), as the non-causal query totals; barrier;
-//   3. the chunk is added to U (registers, from zero; v35: bf16 operands; v56: wgmma products
-//      of the two warpgroups, stream_noncausal.cuh's StateSlice); barrier.
+//   3. each warp adds the chunk to its slice of U (registers, from zero; v35: bf16 operands read
+//      with ldmatrix.trans, WarpSlice below); barrier.
 // The normaliser's products stay TF32. At most 128 registers: two blocks per multiprocessor
 // (v15; v14 kept Wm = [G, -(G . o)] / den as float32 C tiles and Wm^T in float32, 120 KB, 230
 // registers).
@@ -73,6 +73,69 @@ __device__ __forceinline__ void put_tile_sums(float* row, const float (&phi)[2][
     }
 }
 
+// U summed over tokens on mma.sync, each warp its slice (v35-v55's StateSlice, on the blocked
+// tiles): m-tiles 0..3 of n-tiles w + 8 i, and for warps 0..3 m-tile w of column D's n-tile; A =
+// phi^T and B = the rows, both read [token][column] with ldmatrix.trans (k is the token). (v56:
+// with noncausal::StateSlice's wgmma sums this kernel took 2.34 ms at 2M instead of 1.82.)
+template <int D>
+struct WarpSlice {
+    static constexpr int NTD = D / 8, FULL = D / 64;
+    float acc[FULL * 4 + 1][4] = {};
+
+    template <class FeatureTile, class WideTile, int kChunk>
+    __device__ __forceinline__ void add(const __nv_bfloat16* phi, const __nv_bfloat16* rows) {
+        const int w = threadIdx.x / 32, i = warp::lane_id() % 8, j = warp::lane_id() / 8;
+        // Lane 8j + i addresses row i of block j: A's blocks (a0 .. a3) are tokens + 8 (j / 2),
+        // features + 8 (j % 2); B's (b0, b1 of n-tile w, then of w + 8) tokens + 8 (j % 2),
+        // columns + 64 (j / 2).
+#pragma unroll 2
+        for (int kk = 0; kk < kChunk / 16; ++kk) {
+            std::uint32_t a[4][4];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+                noncausal::ldmatrix_t(a[mt], phi + FeatureTile::at(16 * kk + i + 8 * (j / 2), 16 * mt + 8 * (j % 2)));
+            if constexpr (FULL == 2) {
+                std::uint32_t b[4];
+                noncausal::ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * w + 64 * (j / 2)));
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt) {
+                    warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
+                    warp16::mma(acc[4 + mt], a[mt], make_uint2(b[2], b[3]));
+                }
+            } else {
+                std::uint32_t b[2];
+                noncausal::ldmatrix_t(b, rows + WideTile::at(16 * kk + i + 8 * (j % 2), 8 * w));
+#pragma unroll
+                for (int mt = 0; mt < 4; ++mt) warp16::mma(acc[mt], a[mt], make_uint2(b[0], b[1]));
+            }
+            if (w < 4) {
+                // m-tile w of column D's n-tile (its own loads: a register array cannot be
+                // indexed by the warp number without going to local memory).
+                std::uint32_t ax[4], bx[2];
+                noncausal::ldmatrix_t(ax, phi + FeatureTile::at(16 * kk + i + 8 * (j / 2), 16 * w + 8 * (j % 2)));
+                noncausal::ldmatrix_t(bx, rows + WideTile::at(16 * kk + i + 8 * (j % 2), D));
+                warp16::mma(acc[4 * FULL], ax, make_uint2(bx[0], bx[1]));
+            }
+        }
+    }
+    // The sum into a float32 state (M x (D + 1)): features from feature_pos, columns from
+    // out_col; column D is the sum of its two parts.
+    __device__ __forceinline__ void store(float* out) const {
+        const int w = threadIdx.x / 32, g = warp::lane_id() / 4, t = warp::lane_id() % 4;
+        auto put = [&](float v, int p, int col) { out[noncausal::feature_at(p) * (D + 1) + col] = v; };
+#pragma unroll
+        for (int i = 0; i < FULL; ++i)
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    put(acc[4 * i + mt][e], 16 * mt + g + 8 * (e / 2), warp::out_col<D>(w + 8 * i, 2 * t + e % 2));
+        if (w < 4 && t == 0)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) put(acc[4 * FULL][2 * h] + acc[4 * FULL][2 * h + 1], 16 * w + g + 8 * h, D);
+    }
+};
+
 }  // namespace stream
 
 template <class T, int D, bool kKeptNormalisers>
@@ -100,7 +163,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     if constexpr (!kKeptNormalisers)
         stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, a.s_start + (bh * d.nseg + seg) * a.s_seg_stride);
     noncausal::zero_padding<D, WideTile, Lay::kW>(rows_s, kChunk);
-    noncausal::StateSlice<D> u_slice;
+    stream::WarpSlice<D> u_slice;
     __syncthreads();
 
     [[maybe_unused]] int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
@@ -206,11 +269,10 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
             for (int r = 0; r < 2; ++r) go[r] = -go[r];
             noncausal::put_values<T, D, WideTile>(rows_s, col0, xg, go);
         }
-        wgmma::proxy_fence();  // the tiles are read by wgmma
         __syncthreads();  // the chunk's features and rows
 
-        // 3. The chunk into U (v56: the two warpgroups' wgmma accumulators).
-        u_slice.template add<kChunk>(phi_s, rows_s);
+        // 3. The chunk into the warp's slice of U.
+        u_slice.template add<FeatureTile, WideTile, kChunk>(phi_s, rows_s);
         __syncthreads();  // the tiles and zt's tile sums read before the next chunk writes them
     }
     u_slice.store(a.seg_out + (bh * d.nseg + seg) * static_cast<long long>(kM) * (D + 1));
