@@ -357,6 +357,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         float dph[8][4] = {};  // C tiles over features: the queries' bracket, the keys' dL/dphi(k)
         float dv[NTD][4] = {};  // keys
         float inv[2], c[2];     // queries: 1 / den, -(G . o)
+        const int i8 = lane_id() % 8, j8 = lane_id() / 8;  // ldmatrix: lane 8 j8 + i8 addresses row i8 of block j8
         if (queries) {
             std::uint32_t qa[4][4];  // phi(q) as A fragments over the features
 #pragma unroll
@@ -369,32 +370,23 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 for (int b = 0; b < kR; ++b) z += phi[r][b] * state_col_d(S, b);
                 den[r] = z;
             }
-            // v59: the blocks with all the chunk's keys on wgmma (the warpgroup's 64 queries against
-            // its 64 keys, as v10's chunk_products since v58), keys after the query masked: every
-            // query warp the same work, where query warp w had w + 1 blocks of each.
-            const int row = kTile * tile + g;  // the lane's first query in the chunk (and row + 8)
-            auto mask = [&](float(&c)[8][4]) {
+            float pk[Lay::kTiles][2][4];  // phi(q) phi(k_j)^T, masked
 #pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
+            for (int j = 0; j < Lay::kTiles; ++j) {
+                if (j > tile) continue;
+                float half[2][2][4] = {};  // even and odd k-steps (v23)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        if (8 * nt + 2 * t + e % 2 > row + 8 * (e / 2)) c[nt][e] = 0.0f;
-            };
-            float blocks[8][4] = {};  // n-tile nt: keys 8 nt + 2t + e % 2 (key tile nt / 2)
-            {
-                float(&flat)[32] = *reinterpret_cast<float(*)[32]>(&blocks[0][0]);
-                wgmma::fence(flat);  // phi(q) phi(k)^T, phi(k) K-major from the feature tile
+                for (int ks = 0; ks < 4; ++ks) {
+                    std::uint32_t b[4];  // phi(k_j) with k along the features: keys 8 (j8 / 2) + i8
+                    ldmatrix(b, phiK + FeatureTile::at(kTile * j + i8 + 8 * (j8 / 2), 16 * ks + 8 * (j8 % 2)));
+                    warp16::mma(half[ks % 2][0], qa[ks], make_uint2(b[0], b[1]));
+                    warp16::mma(half[ks % 2][1], qa[ks], make_uint2(b[2], b[3]));
+                }
+                stream::halves_sum(half, pk[j]);
+                if (j == tile) stream::mask_diagonal(pk[j]);
 #pragma unroll
-                for (int ks = 0; ks < 4; ++ks)
-                    wgmma::RegsTimesShared<64>::template run<0>(
-                        flat, qa[ks], wgmma::descriptor(phiK + FeatureTile::at(0, 16 * ks), FeatureTile::kBlockBytes, FeatureTile::kRowGroupBytes));
-                wgmma::commit_and_wait(flat);
+                for (int r = 0; r < 2; ++r) den[r] += pk[j][0][2 * r] + pk[j][0][2 * r + 1] + pk[j][1][2 * r] + pk[j][1][2 * r + 1];
             }
-            mask(blocks);
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) den[r] += blocks[nt][2 * r] + blocks[nt][2 * r + 1];
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const float whole = sum_over_t(den[r]);  // on every lane: a shuffle of the whole warp
@@ -408,36 +400,35 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
             for (int r = 0; r < 2; ++r) c[r] = -c[r];
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
+            for (int j = 0; j < Lay::kTiles; ++j) {
+                if (j > tile) continue;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) blocks[nt][e] *= inv[e / 2];
-            for (int j = 0; j <= tile; ++j)
-                put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, *reinterpret_cast<const float(*)[2][4]>(&blocks[2 * j][0]));
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) pk[j][nt][e] *= inv[e / 2];
+                put_block<ldP>(pairs + 2 * pair_of(tile, j) * kBlock, pk[j]);
+            }
             noncausal::put_features<FeatureTile>(phiQ, col0, phi, inv);
             noncausal::put_values<T, D, WideTile>(gt, col0, x2, c);
-            {
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) blocks[nt][e] = 0.0f;
-                float(&flat)[32] = *reinterpret_cast<float(*)[32]>(&blocks[0][0]);
-                wgmma::fence(flat);  // G . v, v K-major from the [v, 1] tile
+            for (int j = 0; j <= tile; ++j) {
+                float half[2][2][4] = {};  // G . v_j over even and odd k-steps
 #pragma unroll
                 for (int ks = 0; ks < KSD; ++ks) {
-                    std::uint32_t af[4];
+                    std::uint32_t af[4], b[4];
                     warp16::rows_frag_bf16<T, D>(x2, ks, af);
-                    wgmma::RegsTimesShared<64>::template run<0>(
-                        flat, af, wgmma::descriptor(vt + WideTile::at(0, 16 * ks), WideTile::kBlockBytes, WideTile::kRowGroupBytes));
+                    ldmatrix(b, vt + WideTile::at(kTile * j + i8 + 8 * (j8 / 2), 16 * ks + 8 * (j8 % 2)));
+                    warp16::mma(half[ks % 2][0], af, make_uint2(b[0], b[1]));
+                    warp16::mma(half[ks % 2][1], af, make_uint2(b[2], b[3]));
                 }
-                wgmma::commit_and_wait(flat);
+                float att[2][4];
+                stream::halves_sum(half, att);
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) att[nt][e] += c[e / 2];
+                if (j == tile) stream::mask_diagonal(att);
+                put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, att);
             }
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) blocks[nt][e] += c[e / 2];
-            mask(blocks);
-            for (int j = 0; j <= tile; ++j)
-                put_block<ldP>(pairs + (2 * pair_of(tile, j) + 1) * kBlock, *reinterpret_cast<const float(*)[2][4]>(&blocks[2 * j][0]));
         } else {
             // dv = phi(k) U[:, :D], dL/dphi(k) = v U[:, :D]^T + U[:, D].
             times_state<D, StateCopy>([&](int ks, std::uint32_t(&af)[4]) { warp16::feature_frag(phi, ks, af); }, Ub, dv);
