@@ -81,7 +81,7 @@ struct CausalBackwardLayout {
         vt = take(kChunk * kW * b16);
         gt = take(kChunk * kW * b16);
         pairs = take(kPairs * 2 * kBlock * b16);
-        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 197 KB in all at D=128
+        stage = take(kTiles * warp::StagedRows<T, D>::kBytes);  // the query warps' o rows: 200 KB in all at D=128
         total = at;
     }
 };

@@ -4,13 +4,13 @@
 // quantity in registers. Non-causal, every token's work depends only on the states S and U, so
 // the forward and the backward's keys' side have no barrier at all; the two sums over tokens (key
 // totals S = sum phi(k)^T [v, 1], query totals U = sum phi(q)^T Wm) go through shared memory once
-// per 128-token chunk: each warp writes its tile's features and right-hand rows (16-byte pieces,
-// as its registers hold them), then each warp adds the chunk to its own slice of the state, held
-// in registers (float32) for the whole segment, reading the tiles transposed (ldmatrix.trans).
-// The key totals are the same sums in every mode, so that pass serves causal and bucket runs
-// too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes. The causal forward
-// (v34, stream_causal.cuh) and query totals (v35, stream_causal_totals.cuh) use this file's
-// tiles and StateSlice too; the causal backward (v38) its ldmatrix loads.
+// per 128-token chunk: each warp writes its tile's features and right-hand rows into the chunk's
+// tiles (wgmma's layout), then the two warpgroups add the chunk to the state, held as their wgmma
+// accumulators (float32) for the whole segment (StateSlice; v56, before it each warp's slice on
+// mma.sync). The key totals are the same sums in every mode, so that pass serves causal and
+// bucket runs too. The segment kernels (segment_kernel.cuh) run fp32 and other sizes. The causal
+// forward (v34, stream_causal.cuh) uses this file's tiles and StateSlice too, the causal query
+// totals (v35, stream_causal_totals.cuh) and backward (v38) its tiles and ldmatrix loads.
 //
 // Grid and outputs as the segment kernels: one block per (segment, head, batch entry), segment
 // totals to seg_out, dbeta per block to dbeta_part (the backward adds the keys' part to the

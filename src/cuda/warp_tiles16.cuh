@@ -15,8 +15,8 @@
 //   2 ks and 2 ks + 1 (out_col): a row or a C tile over D is an A operand with no shuffle;
 // - over the 64 features, k-step ks: table t, bucket 4 ks + e;
 // - over the 16 planes: table t, plane e.
-// (The sums over a chunk's tokens read both operands with ldmatrix.trans, k the token in its
-// order: stream_noncausal.cuh, StateSlice.)
+// (The sums over a chunk's tokens take both operands from shared memory with k the token: wgmma
+// in stream_noncausal.cuh's StateSlice, ldmatrix.trans in the causal totals' WarpSlice.)
 // States are bf16 operands for fp16 inputs too: their sums over millions of tokens overflow fp16.
 // bf16 keeps 8 bits of mantissa (TF32: 11), the bf16 outputs' own rounding.
 #pragma once
