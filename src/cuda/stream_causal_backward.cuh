@@ -159,28 +159,16 @@ __device__ __forceinline__ void update_half(float* x, bf16* xb, float sign, cons
                 x[(16 * mt + g + 8 * h) * ldS + D] += sign * (acc[kCount - 1][2 * h] + acc[kCount - 1][2 * h + 1]);
     }
 }
-// The whole block's sum: phi^T rows on wgmma (v54), warpgroup h the n-tiles [h kS, (h + 1) kS)
-// (A: the feature tile, M-major; B: the rows, N-major; 4 k-steps of 16 tokens), each warp then
-// m-tile w % 4 of its warpgroup's half.
+// The whole block's sum: phi^T rows on wgmma (v55), the chunk alone as a StateSlice (warpgroup h
+// the n-tiles [h kS, (h + 1) kS), each warp m-tile w % 4 of them), then each warp's
+// read-modify-write of its part.
 template <class Lay>
 __device__ __forceinline__ void add_chunk(float* x, bf16* xb, float sign, const bf16* phi, const bf16* rows) {
-    using FeatureTile = typename Lay::FeatureTile;
-    using WideTile = typename Lay::WideTile;
-    constexpr int kS = Lay::kW / 16;
+    constexpr int D = Lay::NTD * 8, kS = Lay::kW / 16;
     const int w = threadIdx.x / 32;
-    float acc[kS][4] = {};
-    float(&flat)[4 * kS] = *reinterpret_cast<float(*)[4 * kS]>(&acc[0][0]);
-    wgmma::fence(flat);
-#pragma unroll
-    for (int kk = 0; kk < Lay::kChunk / 16; ++kk) {
-        const std::uint64_t a = wgmma::descriptor(phi + FeatureTile::at(16 * kk, 0), FeatureTile::kRowGroupBytes,
-                                                  FeatureTile::kBlockBytes);
-        const std::uint64_t b = wgmma::descriptor(rows + WideTile::at(16 * kk, 8 * kS * (w / 4)), WideTile::kRowGroupBytes,
-                                                  WideTile::kBlockBytes);
-        wgmma::SharedTimesShared<8 * kS>::template run<1, 1>(flat, a, b);
-    }
-    wgmma::commit_and_wait(flat);
-    constexpr int D = Lay::NTD * 8;
+    noncausal::StateSlice<D> sum;
+    sum.template add<Lay::kChunk>(phi, rows);
+    const float(&acc)[kS][4] = *reinterpret_cast<const float(*)[kS][4]>(&sum.d[0]);
     if (w < 4) update_half<D, Lay::ldS, typename Lay::StateCopy, 0, kS>(x, xb, sign, acc, w % 4);
     else update_half<D, Lay::ldS, typename Lay::StateCopy, 1, kS>(x, xb, sign, acc, w % 4);
 }
