@@ -15,8 +15,9 @@
 // the forward (v14, experiments/gpu-notes.md); o must be what forward gave for these inputs.
 //
 // Tensors are float32, bfloat16 or float16 (all of one call alike); arithmetic is float32.
-// Tokens are cut into segments of `segment_chunks` chunks of `chunk` tokens: sums over tokens
-// accumulate in float32 within a segment, segment totals combine in float64. Features are
+// Tokens are cut into segments of at most `segment_chunks` chunks of `chunk` tokens, shortened
+// so that their thread blocks fill whole waves of the device: sums over tokens accumulate in
+// float32 within a segment, segment totals combine in float64. Features are
 // recomputed in every pass, never stored; the per-token buffers are the caller's q, k, v, o,
 // dout, dq, dk, dv, and (causal, KeyTotals::keep below) one float per token and head. Workspace:
 // two float32 states per segment, three per (batch, head) and one float64 per block.
@@ -73,10 +74,9 @@ private:
 
 struct EngineOptions {
     int chunk = 0;            // tokens per chunk (tile); 0 picks the largest of 32, 16, 8 that fits
-    // Chunks per segment (float32 accumulation span, one thread block). v31: 128, i.e. 4096
-    // tokens at the chunk of 32: a block's setup (arranged states, planes) and its segment
-    // totals' writes and sums count a quarter as often as at 32 (experiments/gpu-notes.md).
-    int segment_chunks = 128;
+    // Chunks per segment at most (float32 accumulation span, one thread block). v60: 256, i.e.
+    // 8192 tokens at the chunk of 32, shortened to whole waves of blocks (experiments/gpu-notes.md).
+    int segment_chunks = 256;
     int device = -1;          // CUDA device; -1 keeps the current one
 };
 

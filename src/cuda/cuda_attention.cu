@@ -9,12 +9,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <string>
 
 #include "cuda_check.hpp"
 #include "device_buffer.hpp"
 #include "racesp/errors.hpp"
 #include "segment_kernel.cuh"
+#include "segment_plan.hpp"
 #include "stream_causal.cuh"
 #include "stream_causal_backward.cuh"
 #include "stream_causal_totals.cuh"
@@ -81,6 +83,7 @@ struct Engine::Impl {
     EngineOptions options;
     std::int64_t heads = 0, dim = 0;
     int chunk = 0;
+    int multiprocessors = 1;
     cudaStream_t stream = nullptr;
     DeviceBuffer<float> planes;
     DeviceBuffer<float> seg_s, seg_u;     // per-segment forward / backward states
@@ -104,7 +107,11 @@ struct Engine::Impl {
         // Causal bucket gradients are sensitive to the in-segment subtraction of the backward
         // state (large 1/(A+eps) terms): segments of at most 4 chunks there.
         const bool short_segments = config.causal && config.normalization == Normalization::bucket;
-        d.NS = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
+        const std::int64_t longest = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
+        // v60: as long as that allows, but in whole waves of blocks (segment_plan.hpp). The slots
+        // are the multiprocessors: v10 and v12, most of the time, run one block on each.
+        d.NS = static_cast<int>(balanced_segment_tokens(s.tokens, s.batch * s.heads, longest, multiprocessors,
+                                                        std::gcd<std::int64_t>(longest, 128)));
         // NS is 0 while the constructor probes chunk sizes (chunk not chosen yet): no segments then.
         // (v6: the probe's division by zero was never executed while the compiler dropped the unused
         // nseg there; with the larger Dims it was kept and trapped, SIGFPE, on the device.)
@@ -389,6 +396,7 @@ Engine::Engine(const AttentionConfig& config, const Planes& planes, EngineOption
     CUDA_CHECK(cudaGetDevice(&dev));
     int smem_limit = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&m.multiprocessors, cudaDevAttrMultiProcessorCount, dev));
 
     // The largest chunk whose backward tiles fit in one block's shared memory.
     // (The tensor-core layout of bf16/fp16 inputs is the larger one.)

@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
             ("warmup", po::value(&b.warmup)->default_value(1), "untimed runs first")
             ("chunk", po::value(&b.engine.chunk)->default_value(0), "tokens per chunk (0: auto)")
             ("segment-chunks", po::value(&b.engine.segment_chunks)->default_value(EngineOptions{}.segment_chunks),
-             "chunks per segment")
+             "chunks per segment, at most")
             ("collectives", po::value(&collectives)->default_value("nccl"), "nccl|mpi (MPI through pinned host memory)")
             ("recompute-key-totals", po::bool_switch(&b.recompute_key_totals),
              "the backward recomputes the key totals instead of reusing the forward's")
