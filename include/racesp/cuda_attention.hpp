@@ -74,9 +74,9 @@ private:
 
 struct EngineOptions {
     int chunk = 0;            // tokens per chunk (tile); 0 picks the largest of 32, 16, 8 that fits
-    // Chunks per segment at most (float32 accumulation span, one thread block). v60: 256, i.e.
-    // 8192 tokens at the chunk of 32, shortened to whole waves of blocks (experiments/gpu-notes.md).
-    int segment_chunks = 256;
+    // Chunks per segment at most (float32 accumulation span, one thread block). v60: 512, i.e.
+    // 16384 tokens at the chunk of 32, shortened to whole waves of blocks (experiments/gpu-notes.md).
+    int segment_chunks = 512;
     int device = -1;          // CUDA device; -1 keeps the current one
 };
 

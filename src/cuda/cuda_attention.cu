@@ -108,8 +108,7 @@ struct Engine::Impl {
         // state (large 1/(A+eps) terms): segments of at most 4 chunks there.
         const bool short_segments = config.causal && config.normalization == Normalization::bucket;
         const std::int64_t longest = chunk * (short_segments ? std::min(options.segment_chunks, 4) : options.segment_chunks);
-        // v60: as long as that allows, but in whole waves of blocks (segment_plan.hpp). The slots
-        // are the multiprocessors: v10 and v12, most of the time, run one block on each.
+        // v60: as long as that allows, but in whole waves of blocks (segment_plan.hpp).
         d.NS = static_cast<int>(balanced_segment_tokens(s.tokens, s.batch * s.heads, longest, multiprocessors,
                                                         std::gcd<std::int64_t>(longest, 128)));
         // NS is 0 while the constructor probes chunk sizes (chunk not chosen yet): no segments then.

@@ -95,23 +95,23 @@ using noncausal::ldmatrix_t;
 
 using noncausal::feature_pos;
 
-// A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb. The
-// loads go out in batches of 8 per thread before their stores (v41: one global latency per batch;
+// A state (M x (D + 1), float32 from the scan) into the float32 copy x and the bf16 copy xb. All
+// of a thread's loads (33 at D=128) go out before its stores: one global latency per state (v41:
 // element by element, the two loads at the start and the one at the segment's first chunk were
-// ~5% of the kernel's stall samples).
-template <int D, int ldS, class StateCopy>
+// ~5% of the kernel's stall samples; v60: batches of 8, five latencies, became one).
+template <int D, int ldS, class StateCopy, int kThreads>
 __device__ void load_state(float* x, bf16* xb, const float* src) {
-    constexpr int kBatch = 8, kSize = warp::kM * (D + 1);
-    for (int e0 = threadIdx.x; e0 < kSize; e0 += kBatch * blockDim.x) {
+    constexpr int kSize = warp::kM * (D + 1), kBatch = (kSize + kThreads - 1) / kThreads;
+    for (int e0 = threadIdx.x; e0 < kSize; e0 += kBatch * kThreads) {
         float v[kBatch];
 #pragma unroll
         for (int k = 0; k < kBatch; ++k) {
-            const int e = e0 + k * blockDim.x;
+            const int e = e0 + k * kThreads;
             v[k] = e < kSize ? __ldg(src + e) : 0.0f;
         }
 #pragma unroll
         for (int k = 0; k < kBatch; ++k) {
-            const int e = e0 + k * blockDim.x;
+            const int e = e0 + k * kThreads;
             if (e >= kSize) continue;
             const int f = feature_pos(e / (D + 1)), c = e % (D + 1);
             if (c < D) {
@@ -297,8 +297,8 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
     noncausal::arrange_planes_out<D>(wpd, wp);
     // The states after the segment: the next segment's start states, or after the shard's end.
     const bool last = seg + 1 == d.nseg;
-    load_state<D, ldS, StateCopy>(S, Sb, last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
-    load_state<D, ldS, StateCopy>(U, Ub, last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
+    load_state<D, ldS, StateCopy, Lay::kThreads>(S, Sb, last ? a.s_end + bh * state_size : s_starts + (seg + 1) * a.s_seg_stride);
+    load_state<D, ldS, StateCopy, Lay::kThreads>(U, Ub, last ? a.u_end + bh * state_size : u_starts + (seg + 1) * a.u_seg_stride);
     noncausal::zero_padding<D, WideTile, Lay::kW>(vt, kChunk);
     noncausal::zero_padding<D, WideTile, Lay::kW>(gt, kChunk);
     wgmma::proxy_fence();  // every tile and copy written with ordinary stores is read by wgmma too
@@ -337,7 +337,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         __syncthreads();  // phiK, [v, 1] of the chunk
 
         // 2. S before the chunk.
-        if (ci == 0) load_state<D, ldS, StateCopy>(S, Sb, s_starts + seg * a.s_seg_stride);
+        if (ci == 0) load_state<D, ldS, StateCopy, Lay::kThreads>(S, Sb, s_starts + seg * a.s_seg_stride);
         else add_chunk<Lay>(S, Sb, -1.0f, phiK, vt);
         __syncthreads();  // S (its copy is fenced for wgmma after step 3)
 
