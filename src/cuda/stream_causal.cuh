@@ -53,7 +53,7 @@ struct CausalLayout {
         phi = take(kChunk * warp::kM * b16);
         vb = take(kChunk * kN * b16);
         sb = take(warp::kM * kN * b16);
-        stage = take(3 * kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k, v (v21) and q (v61)
+        stage = take(2 * kWarps * warp::StagedRows<T, D>::kBytes);  // the next chunk's k and v (v21)
         total = at;
     }
 };
@@ -130,7 +130,6 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     constexpr int kSlot = StagedRows<T, D>::kBytes / 16;
     const StagedRows<T, D> stage_k{reinterpret_cast<uint4*>(sm + lay.stage) + (threadIdx.x / 32) * kSlot};
     const StagedRows<T, D> stage_v{stage_k.slot + Lay::kWarps * kSlot};
-    const StagedRows<T, D> stage_q{stage_v.slot + Lay::kWarps * kSlot};
 
     const Dims& d = a.d;
     const stream::SegmentBlock<D> blk(d);
@@ -152,7 +151,6 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
     stage_k.fetch(a.k, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     stage_v.fetch(a.v, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
-    stage_q.fetch(a.q, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     __syncthreads();
 
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
@@ -161,13 +159,12 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
         const bool more = c0 + kChunk < seg_end;
         const int col0 = kTile * warp_id;
         // 1. Keys: features (phi_s), [v, 1] (vb); then the queries' features. The next
-        // chunk's keys, values and queries are copied into the warp's slots once these have
-        // been used (v61: the queries too, which were loaded here, the chunk's first latency).
+        // chunk's keys and values are copied into the warp's slots once these have been used.
         float phq[2][kR];
         {
             Rows<T, D> xk, xv;
             Rows<T, D> xq;
-            stage_q.read(xq);
+            xq.load(a.q, row0, row_stride, n);
             stage_k.read(xk);
             stage_v.read(xv);
             float u[2][kP], phk[2][kR];
@@ -180,7 +177,6 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             noncausal::put_values<T, D, WideTile>(vb, col0, xv, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             warp16::project<T, D>(xq, wpu, u);
-            if (more) stage_q.fetch(a.q, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features<Recip::approx>(u, d.beta, n, phq);
         }
         wgmma::proxy_fence();  // phi_s, vb and (step 3) sb are read by the warpgroup products
