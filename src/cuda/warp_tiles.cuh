@@ -184,15 +184,16 @@ __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, in
             s0[p] = fmaxf(y >= 0.0f ? small : big, floor);  // bit clear
         }
         // front[i]: planes 0, 1 with bits i (bucket bits 3, 2); back[i]: planes 2, 3 (bits 1, 0).
+        // A row past n gets zero fronts (v64: four selects a row, not sixteen).
+        const bool valid = static_cast<int>(g) + 8 * r < n;
         float front[4], back[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            front[i] = ((i & 2) ? s1[0] : s0[0]) * ((i & 1) ? s1[1] : s0[1]);
+            front[i] = valid ? ((i & 2) ? s1[0] : s0[0]) * ((i & 1) ? s1[1] : s0[1]) : 0.0f;
             back[i] = ((i & 2) ? s1[2] : s0[2]) * ((i & 1) ? s1[3] : s0[3]);
         }
-        const bool valid = static_cast<int>(g) + 8 * r < n;
 #pragma unroll
-        for (int b = 0; b < kR; ++b) phi[r][b] = valid ? front[b >> 2] * back[b & 3] : 0.0f;
+        for (int b = 0; b < kR; ++b) phi[r][b] = front[b >> 2] * back[b & 3];
     }
 }
 
