@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
         x2.load(queries ? a.dout : a.v, row0, row_stride, n);
         if (queries) stage_o.fetch(a.o, row0, row_stride, n);  // read at step 3
         warp16::project<T, D>(x1, wpu, u);
-        features(u, d.beta, n, phi);
+        features<Recip::approx>(u, d.beta, n, phi);
         if (!queries) {
             noncausal::put_features<FeatureTile>(phiK, col0, phi, one);
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};

@@ -108,7 +108,9 @@ __device__ __forceinline__ void rows_frag(const warp::Rows<T, D>& x, int ks, std
 // the sum of two T parts (`wpu` in fragment order, arrange_projection: k-step ks, n-tile nt at
 // wpu[(ks * 2 + nt) * 32 + lane], x, y the first part, z, w the rest), so u keeps float32's
 // accuracy: with the first alone (8 bits in bf16) every feature would come from planes off by
-// 2^-9, and dL/dbeta of 5 tokens by 5% (gpu-notes.md, v27).
+// 2^-9, and dL/dbeta of 5 tokens by 5% (gpu-notes.md, v27). v66: tanh on the special-function
+// unit (warp::fast_tanh: ~1e-7 absolute, where tanhf's polynomial and exponential forms both
+// run, ~17 instructions, 8 a lane and call).
 template <class T, int D>
 __device__ __forceinline__ void project(const warp::Rows<T, D>& x, const uint4* wpu, float (&u)[2][kP]) {
     float acc[2][2][4] = {};  // [part][n-tile]: two dependent chains
@@ -125,10 +127,10 @@ __device__ __forceinline__ void project(const warp::Rows<T, D>& x, const uint4* 
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        u[r][0] = tanhf(acc[0][0][2 * r] + acc[1][0][2 * r]);
-        u[r][1] = tanhf(acc[0][0][2 * r + 1] + acc[1][0][2 * r + 1]);
-        u[r][2] = tanhf(acc[0][1][2 * r] + acc[1][1][2 * r]);
-        u[r][3] = tanhf(acc[0][1][2 * r + 1] + acc[1][1][2 * r + 1]);
+        u[r][0] = warp::fast_tanh(acc[0][0][2 * r] + acc[1][0][2 * r]);
+        u[r][1] = warp::fast_tanh(acc[0][0][2 * r + 1] + acc[1][0][2 * r + 1]);
+        u[r][2] = warp::fast_tanh(acc[0][1][2 * r] + acc[1][1][2 * r]);
+        u[r][3] = warp::fast_tanh(acc[0][1][2 * r + 1] + acc[1][1][2 * r + 1]);
     }
 }
 
