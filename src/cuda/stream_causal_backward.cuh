@@ -378,7 +378,7 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const float whole = sum_over_t(den[r]);  // on every lane: a shuffle of the whole warp
-                inv[r] = g + 8 * r < n ? 1.0f / whole : 0.0f;
+                inv[r] = g + 8 * r < n ? fast_rcp(whole) : 0.0f;
             }
             {
                 Rows<T, D> xo;

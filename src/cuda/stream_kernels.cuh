@@ -45,7 +45,7 @@ struct SegmentBlock {
 template <int NTW>
 __device__ __forceinline__ void inverse_normaliser(const float (&num)[NTW][4], float (&inv)[2]) {
 #pragma unroll
-    for (int r = 0; r < 2; ++r) inv[r] = 1.0f / __shfl_sync(0xffffffffu, num[NTW - 1][2 * r], warp::lane_id() & ~3u);
+    for (int r = 0; r < 2; ++r) inv[r] = warp::fast_rcp(__shfl_sync(0xffffffffu, num[NTW - 1][2 * r], warp::lane_id() & ~3u));
 }
 
 // The key features' sum z (column D of a state M x (D + 1)) into shared memory.

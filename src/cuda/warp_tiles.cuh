@@ -209,11 +209,12 @@ __device__ __forceinline__ void feature_frag(const float (&phi)[2][kR], int ks, 
 
 // Backward of the feature map for the lane's rows and table (block_ops' feature_map_backward's
 // formulas, its sums in another order): from dL/dphi (dph[r][b]) to dL/dz (dz[r][p], rounded to
-// TF32: read only as the operand of dz Wp); returns the lane's part of dL/dbeta.
+// TF32: read only as the operand of dz Wp); returns the lane's part of dL/dbeta (its 8 terms
+// summed in float32, v67: the callers add the calls in float64).
 __device__ __forceinline__ double features_backward(const float (&u)[2][kP], const float (&phi)[2][kR],
                                                     const float (&dph)[2][kR], float beta, float (&dz)[2][kP]) {
     static_assert(kP == 4, "the sums halve the buckets plane by plane");
-    double dbeta = 0.0;
+    float dbeta = 0.0f;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         // m0 = sum_b gf[b], mp[p] = sum_b (+-) gf[b] (+ where plane p's bit is set). v33: by
@@ -242,11 +243,11 @@ __device__ __forceinline__ double features_backward(const float (&u)[2][kP], con
         for (int p = 0; p < kP; ++p) {
             const float th = fast_tanh(beta * u[r][p]);
             const float common = mp[p] - th * m0;
-            dbeta += static_cast<double>(u[r][p]) * common;
+            dbeta += u[r][p] * common;
             dz[r][p] = tf32f((1.0f - u[r][p] * u[r][p]) * beta * common);
         }
     }
-    return dbeta;
+    return static_cast<double>(dbeta);
 }
 
 // Sum of a double over the block's warps in a fixed order (deterministic); `red` holds one
