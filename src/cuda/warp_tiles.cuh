@@ -157,9 +157,15 @@ __device__ __forceinline__ float fast_rcp(float x) {
     asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
     return r;
 }
+__device__ __forceinline__ float fast_ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+// v72: 1 - 2 / (1 + e^(2x)), five instructions where (1 - e) / (1 + e) with e = e^(-2|x|) and the
+// sign took seven (e^(2x) = inf gives 1, 0 gives -1); ~1e-7 absolute either way.
 __device__ __forceinline__ float fast_tanh(float x) {
-    const float e = __expf(-2.0f * fabsf(x));
-    return copysignf((1.0f - e) * fast_rcp(1.0f + e), x);
+    return fmaf(-2.0f, fast_rcp(1.0f + fast_ex2(2.8853900817779268f * x)), 1.0f);  // 2 log2(e)
 }
 
 // phi[r][b]: the 16 features of table t for the lane's row r (bucket b: plane p's bit is
@@ -172,18 +178,21 @@ template <Recip kRecip = Recip::ieee>
 __device__ __forceinline__ void features(const float (&u)[2][kP], float beta, int n, float (&phi)[2][kR]) {
     static_assert(kP == 4, "the product tree pairs planes 0, 1 and 2, 3");
     const float floor = static_cast<float>(exp(-87.0 / kP));
+    // v72: e = exp(-|2 beta u|) = 2^(|u| k) in one product, and the bit's side from u's sign: beta
+    // > 0 always (config.cpp checks it; the model learns log beta).
+    const float k = -2.8853900817779268f * beta;  // -2 beta log2(e)
     const unsigned g = lane_id() / 4;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         float s1[kP], s0[kP];
 #pragma unroll
         for (int p = 0; p < kP; ++p) {
-            const float y = 2.0f * beta * u[r][p];
-            const float e = __expf(-fabsf(y));
+            const float e = fast_ex2(fabsf(u[r][p]) * k);
             const float big = kRecip == Recip::approx ? fast_rcp(1.0f + e) : 1.0f / (1.0f + e);
             const float small = fmaxf(e * big, floor);  // (big >= 1/2 needs no floor)
-            s1[p] = y >= 0.0f ? big : small;  // bit set
-            s0[p] = y >= 0.0f ? small : big;  // bit clear
+            const bool set = u[r][p] >= 0.0f;
+            s1[p] = set ? big : small;  // bit set
+            s0[p] = set ? small : big;  // bit clear
         }
         // front[i]: planes 0, 1 with bits i (bucket bits 3, 2); back[i]: planes 2, 3 (bits 1, 0).
         // A row past n gets zero fronts (v64: four selects a row, not sixteen).
