@@ -147,10 +147,10 @@ __device__ __forceinline__ void store_rows(T* base, long long row0, long long ro
 // reduction, a polynomial and a select (8 of each per lane and call). Their errors, a few units in
 // float32's last place (tanh: ~1e-7 absolute), are far below the 2^-9 of the bf16 operands that
 // every product of these kernels takes (the warp tiles serve bf16 and fp16 inputs only; float32
-// runs the segment kernels' block_ops feature map). The sigmoid's 1 / (1 + e) takes either form (Recip): the
-// approximate one made the key totals, the causal forward and the query totals faster, and the
-// causal totals, the causal backward and the keys' side slower (more spill, other schedules);
-// v66b measured it faster in the causal backward, which no longer spills with it.
+// runs the segment kernels' block_ops feature map). The sigmoid's 1 / (1 + e) takes either form
+// (Recip): the approximate one made the key totals, the causal forward and the query totals
+// faster, and the causal totals, the causal backward and the keys' side slower (more spill, other
+// schedules); v66b measured it faster in the causal backward, which no longer spills with it.
 enum class Recip { ieee, approx };
 __device__ __forceinline__ float fast_rcp(float x) {
     float r;
