@@ -40,8 +40,8 @@ struct CausalLayout {
     // (features at feature_pos, feature_frag's k order), so num comes out as store_rows reads it.
     using FeatureTile = typename Base::FeatureTile;
     using WideTile = typename Base::WideTile;
-    std::size_t wpu, phi, vb, sb, stage, total;
-    __host__ __device__ constexpr CausalLayout() : wpu(0), phi(0), vb(0), sb(0), stage(0), total(0) {
+    std::size_t wpt, phi, vb, sb, stage, total;
+    __host__ __device__ constexpr CausalLayout() : wpt(0), phi(0), vb(0), sb(0), stage(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
@@ -49,7 +49,7 @@ struct CausalLayout {
             return here;
         };
         const std::size_t b16 = sizeof(__nv_bfloat16);
-        wpu = take(KSD * 2 * 32 * sizeof(uint4));
+        wpt = take(32 * D * b16);  // project_group's planes
         phi = take(kChunk * warp::kM * b16);
         vb = take(kChunk * kN * b16);
         sb = take(warp::kM * kN * b16);
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     constexpr Lay lay;
     constexpr int NTW = Lay::NTW, kChunk = Lay::kChunk, kN = Lay::kN;
     extern __shared__ __align__(128) unsigned char sm[];
-    uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
+    std::uint32_t* wpt = reinterpret_cast<std::uint32_t*>(sm + lay.wpt);
     bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
     bf16* vb = reinterpret_cast<bf16*>(sm + lay.vb);
     bf16* sb = reinterpret_cast<bf16*>(sm + lay.sb);
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     const int group = __shfl_sync(0xffffffffu, warp_id, 0) / 4;
     const float* s_start = a.s_start + bh * d.nseg * a.s_seg_stride + seg * a.s_seg_stride;
 
-    noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
+    noncausal::arrange_projection_tile<T, D>(wpt, a.planes + blk.h * static_cast<long long>(kLP) * D);
     noncausal::zero_padding<D, WideTile, kN>(vb, kChunk);
     noncausal::StateSlice<D> state;  // S, float32, the warpgroups' accumulators
     state.load(s_start);
@@ -151,6 +151,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
     auto tile_rows = [&](int c0) { return max(0, min(kTile, seg_end - c0 - kTile * warp_id)); };
     stage_k.fetch(a.k, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
     stage_v.fetch(a.v, tile_row(seg_begin), row_stride, tile_rows(seg_begin));
+    wgmma::proxy_fence();  // wpt and vb's padding are read by wgmma
     __syncthreads();
 
     for (int c0 = seg_begin; c0 < seg_end; c0 += kChunk) {
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             stage_k.read(xk);
             stage_v.read(xv);
             float u[2][kP], phk[2][kR];
-            warp16::project<T, D>(xk, wpu, u);
+            warp16::project_group<T, D>(xk, wpt, u);
             if (more) stage_k.fetch(a.k, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
             features<Recip::approx>(u, d.beta, n, phk);
             const float one[2] = {1.0f, 1.0f};
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(CausalLayout<T, D>::kThreads, 1) causal_sweep_
             const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};
             noncausal::put_values<T, D, WideTile>(vb, col0, xv, ones);
             if (more) stage_v.fetch(a.v, tile_row(c0 + kChunk), row_stride, tile_rows(c0 + kChunk));
-            warp16::project<T, D>(xq, wpu, u);
+            warp16::project_group<T, D>(xq, wpt, u);
             features<Recip::approx>(u, d.beta, n, phq);
         }
         wgmma::proxy_fence();  // phi_s, vb and (step 3) sb are read by the warpgroup products

@@ -43,15 +43,15 @@ struct CausalTotalsLayout {
     // 66 floats a row: the B fragments' 8-byte loads (row g, features 16t + 2ks) take the minimum
     // two wavefronts.
     static constexpr int kZRows = kWarps + 2, ldZ = warp::kM + 2;
-    std::size_t wpu, zt, phi, rows, total;
-    __host__ __device__ constexpr CausalTotalsLayout() : wpu(0), zt(0), phi(0), rows(0), total(0) {
+    std::size_t wpt, zt, phi, rows, total;
+    __host__ __device__ constexpr CausalTotalsLayout() : wpt(0), zt(0), phi(0), rows(0), total(0) {
         std::size_t at = 0;
         auto take = [&](std::size_t bytes) {
             const std::size_t here = at;
             at += (bytes + 127) / 128 * 128;
             return here;
         };
-        wpu = take(KSD * 2 * 32 * sizeof(uint4));
+        wpt = take(32 * D * sizeof(__nv_bfloat16));  // project_group's planes
         zt = take(kZRows * ldZ * sizeof(float));
         phi = take(kChunk * warp::kM * sizeof(__nv_bfloat16));
         rows = take(kChunk * kW * sizeof(__nv_bfloat16));
@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     using FeatureTile = typename Lay::FeatureTile;
     using WideTile = typename Lay::WideTile;
     extern __shared__ __align__(128) unsigned char sm[];
-    uint4* wpu = reinterpret_cast<uint4*>(sm + lay.wpu);
+    std::uint32_t* wpt = reinterpret_cast<std::uint32_t*>(sm + lay.wpt);
     float* zt = reinterpret_cast<float*>(sm + lay.zt);
     bf16* phi_s = reinterpret_cast<bf16*>(sm + lay.phi);
     bf16* rows_s = reinterpret_cast<bf16*>(sm + lay.rows);
@@ -159,11 +159,12 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
     const long long row_stride = blk.row_stride, bh = blk.bh;
     const int warp_id = threadIdx.x / 32, g = lane_id() / 4, t = lane_id() % 4;
 
-    noncausal::arrange_projection<T, D>(wpu, a.planes + blk.h * static_cast<long long>(kLP) * D);
+    noncausal::arrange_projection_tile<T, D>(wpt, a.planes + blk.h * static_cast<long long>(kLP) * D);
     if constexpr (!kKeptNormalisers)
         stream::load_key_sums<D>(zt + Lay::kWarps * ldZ, a.s_start + (bh * d.nseg + seg) * a.s_seg_stride);
     noncausal::zero_padding<D, WideTile, Lay::kW>(rows_s, kChunk);
     stream::WarpSlice<D> u_slice;
+    wgmma::proxy_fence();  // wpt is read by wgmma
     __syncthreads();
 
     [[maybe_unused]] int before = Lay::kWarps;  // zt row of the sum before the chunk (kWarps or kWarps + 1)
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
             float u[2][kP];
             Rows<T, D> xq;
             xq.load(a.q, row0, row_stride, n);
-            warp16::project<T, D>(xq, wpu, u);
+            warp16::project_group<T, D>(xq, wpt, u);
             features<Recip::approx>(u, d.beta, n, phq);
             const float* kept = a.inv_den + bh * d.T + c0 + col0;
 #pragma unroll
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
                     float phk[2][kR];
                     Rows<T, D> xk;
                     xk.load(a.k, row0, row_stride, n);
-                    warp16::project<T, D>(xk, wpu, u);
+                    warp16::project_group<T, D>(xk, wpt, u);
                     features(u, d.beta, n, phk);
                     stream::put_tile_sums(zt + warp_id * ldZ, phk);
 #pragma unroll
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(CausalTotalsLayout<T, D>::kThreads, 2) causal_
                 }
                 Rows<T, D> xq;
                 xq.load(a.q, row0, row_stride, n);
-                warp16::project<T, D>(xq, wpu, u);
+                warp16::project_group<T, D>(xq, wpt, u);
                 features(u, d.beta, n, phq);
                 // att = phi(q) phi(k)^T (bf16 operands, v35): B's column g of n-tile nt is key g + 8 nt.
                 float att[2][4] = {};

@@ -86,6 +86,26 @@ __device__ void arrange_projection(uint4* out, const float* wp) {
                             warp16::pack<T>(lo[2], lo[3]));
     }
 }
+// v74: Wp as project_group's B operand, wgmma::Blocked<D> of 32 rows: row n is C's column n,
+// n-tile 2 part + nt (part 0 the planes rounded to T, 1 the rest, as arrange_projection), column
+// c of n-tile nt plane proj_col(nt, c); column 16 ks + kk is k-step ks's k kk, at the row's
+// column in_col(ks, t, e) with kk = 2 t + e % 2 + 8 (e / 2) (rows_frag's order).
+template <class T, int D>
+__device__ void arrange_projection_tile(std::uint32_t* out, const float* wp) {
+    using Tile = wgmma::Blocked<D>;
+    for (int i = threadIdx.x; i < 32 * D / 2; i += blockDim.x) {
+        const int n = i / (D / 2), kl = 2 * (i % (D / 2));
+        const float* row = wp + warp::proj_col(n / 8 % 2, n % 8) * D;
+        float v[2];
+        for (int h = 0; h < 2; ++h) {
+            const int ks = (kl + h) / 16, kk = (kl + h) % 16;
+            const float w = row[warp16::in_col(ks, kk % 8 / 2, kk % 2 + 2 * (kk / 8))];
+            const float hi = warp16::round_to<T>(w);
+            v[h] = n < 16 ? hi : w - hi;
+        }
+        out[Tile::at(n, kl) / 2] = warp16::pack<T>(v[0], v[1]);
+    }
+}
 // Wp as B operand of dz Wp: k over table t's planes 0..3, n-tile nt (columns out_col).
 template <int D>
 __device__ void arrange_planes_out(uint2* out, const float* wp) {
@@ -364,7 +384,10 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     const long long state_size = static_cast<long long>(kM) * (D + 1);
     const float* wp = a.planes + blk.h * static_cast<long long>(kLP) * D;
 
-    noncausal::arrange_projection<T, D>(wpu, wp);
+    // v74: the key totals project on wgmma (their warpgroups walk the chunks together), the other
+    // passes on mma.sync.
+    if constexpr (pass == Pass::key_state) noncausal::arrange_projection_tile<T, D>(reinterpret_cast<std::uint32_t*>(wpu), wp);
+    else noncausal::arrange_projection<T, D>(wpu, wp);
     if constexpr (pass == Pass::query_state || pass == Pass::backward) noncausal::arrange_planes_out<D>(wpd, wp);
     if constexpr (pass == Pass::forward) noncausal::arrange_state<D>(sa, a.s_start + bh * state_size);
     if constexpr (pass == Pass::query_state) {
@@ -378,6 +401,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
     }
     if constexpr (pass == Pass::key_state || pass == Pass::query_state)
         noncausal::zero_padding<D, WideTile, Lay::kW>(rows_s, Lay::buffers(pass) * kChunk);
+    if constexpr (pass == Pass::key_state) wgmma::proxy_fence();  // the projection's planes are read by wgmma
     __syncthreads();
     double dbeta = 0.0;
 
@@ -460,7 +484,7 @@ __global__ void __launch_bounds__(NoncausalLayout<T, D>::kThreads, noncausal_min
                 Rows<T, D> xk, xv;
                 xk.load(a.k, row0, row_stride, n);
                 xv.load(a.v, row0, row_stride, n);
-                warp16::project<T, D>(xk, wpu, u);
+                warp16::project_group<T, D>(xk, wpu, u);
                 features<Recip::approx>(u, d.beta, n, phi);
                 const int g = lane_id() / 4;
                 const float ones[2] = {g < n ? 1.0f : 0.0f, g + 8 < n ? 1.0f : 0.0f};

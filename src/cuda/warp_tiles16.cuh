@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "warp_tiles.cuh"
+#include "wgmma.cuh"
 
 namespace racesp::cuda::warp16 {
 
@@ -131,6 +132,34 @@ __device__ __forceinline__ void project(const warp::Rows<T, D>& x, const uint4* 
         u[r][1] = warp::fast_tanh(acc[0][0][2 * r + 1] + acc[1][0][2 * r + 1]);
         u[r][2] = warp::fast_tanh(acc[0][1][2 * r] + acc[1][1][2 * r]);
         u[r][3] = warp::fast_tanh(acc[0][1][2 * r + 1] + acc[1][1][2 * r + 1]);
+    }
+}
+
+// v74: project for the 64 rows of a warpgroup (each warp its 16, as in project) on one wgmma per
+// k-step, m64n32k16 with the planes' two parts side by side as N = 32, where project takes 32
+// mma.sync and 16 shared loads a warp. All four warps of the warpgroup call it together. `tile`
+// holds Wp's two parts as wgmma's K-major B operand (arrange_projection_tile): row n is C's
+// column n (n-tile 2 part + nt), column 16 ks + kk is k-step ks's k kk in rows_frag's order.
+template <class T, int D>
+__device__ __forceinline__ void project_group(const warp::Rows<T, D>& x, const void* tile, float (&u)[2][kP]) {
+    using Tile = wgmma::Blocked<D>;
+    const auto* base = static_cast<const unsigned char*>(tile);
+    float acc[16] = {};  // n-tile 2 part + nt: project's acc[part][nt]
+    wgmma::fence(acc);
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        std::uint32_t a[4];
+        rows_frag<T, D>(x, ks, a);
+        wgmma::RegsTimesShared<32>::template run<0, T>(
+            acc, a, wgmma::descriptor(base + 2 * Tile::at(0, 16 * ks), Tile::kBlockBytes, Tile::kRowGroupBytes));
+    }
+    wgmma::commit_and_wait(acc);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u[r][0] = warp::fast_tanh(acc[2 * r] + acc[8 + 2 * r]);
+        u[r][1] = warp::fast_tanh(acc[2 * r + 1] + acc[8 + 2 * r + 1]);
+        u[r][2] = warp::fast_tanh(acc[4 + 2 * r] + acc[12 + 2 * r]);
+        u[r][3] = warp::fast_tanh(acc[4 + 2 * r + 1] + acc[12 + 2 * r + 1]);
     }
 }
 

@@ -18,7 +18,10 @@
 // registers are read or the operands overwritten.
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 // Device code for sm_90 without the "a" has no wgmma: say so at build time, in one line.
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -131,6 +134,33 @@ struct RegsTimesShared<64> {
               "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
               "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(kTransB));
+    }
+};
+
+// v74: the projection's form, m64n32k16, with the 16-bit type of the rows (bf16 or fp16) as
+// the operands' type.
+template <>
+struct RegsTimesShared<32> {
+    template <int kTransB, class Op>
+    __device__ __forceinline__ static void run(float (&d)[16], const std::uint32_t (&a)[4], std::uint64_t b) {
+        if constexpr (std::is_same<Op, __half>::value)
+            asm volatile(
+                "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(kTransB));
+        else
+            asm volatile(
+                "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                "{%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(kTransB));
     }
 };
 
