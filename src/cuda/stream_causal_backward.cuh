@@ -441,11 +441,6 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
             for (int nf = 0; nf < 8; ++nf)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) dph[nf][e] = (dph[nf][e] + c[e / 2] * col_d_at(S, nf, e)) * inv[e / 2];
-            float dphi[2][kR], dz[2][kP], dq[NTD][4];
-            stream::dphi_of(dph, dphi);
-            dbeta += features_backward(u, phi, dphi, d.beta, dz);
-            warp16::planes_out<D>(dz, wpd, dq);
-            store_rows<T, D>(a.dq, row0, row_stride, n, dq, one);
         } else {
             for (int i = tile; i < Lay::kTiles; ++i) {
                 std::uint32_t af[4];
@@ -454,12 +449,15 @@ __global__ void __launch_bounds__(CausalBackwardLayout<T, D>::kThreads, 1) causa
                 block_for_keys<ldP>(pairs + (2 * pair_of(i, tile) + 1) * kBlock, af);  // v . G_i + c_i
                 times_tile<8, FeatureTile>(af, phiQ, kTile * i, dph);
             }
-            float dphi[2][kR], dz[2][kP], dk[NTD][4];
+            store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
+        }
+        {
+            // v75: both roles from dL/dphi on: dL/dz, then dq or dk = dz Wp.
+            float dphi[2][kR], dz[2][kP], dx[NTD][4];
             stream::dphi_of(dph, dphi);
             dbeta += features_backward(u, phi, dphi, d.beta, dz);
-            store_rows<T, D>(a.dv, row0, row_stride, n, dv, one);
-            warp16::planes_out<D>(dz, wpd, dk);
-            store_rows<T, D>(a.dk, row0, row_stride, n, dk, one);
+            warp16::planes_out<D>(dz, wpd, dx);
+            store_rows<T, D>(queries ? a.dq : a.dk, row0, row_stride, n, dx, one);
         }
         if (ci > 0) x1.load(queries ? a.q : a.k, tile_row(ci - 1), row_stride, tile_rows(ci - 1));
         add_chunk<Lay>(U, Ub, 1.0f, phiQ, gt);
