@@ -24,11 +24,14 @@ using testgpu::rel_error;
 int world_rank() { int r; MPI_Comm_rank(MPI_COMM_WORLD, &r); return r; }
 int world_size() { int s; MPI_Comm_size(MPI_COMM_WORLD, &s); return s; }
 
-bool enough_gpus() {
-    int ok = cuda::device_count() >= world_size() ? 1 : 0, all = 0;
+// True on every rank when every rank has at least `need` GPUs.
+bool gpus_at_least(int need) {
+    int ok = cuda::device_count() >= need ? 1 : 0, all = 0;
     MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
     return all == 1;
 }
+// NCCL takes one GPU per rank; MPI's collectives (staged through the host) let ranks share one.
+bool enough_gpus(bool nccl) { return gpus_at_least(nccl ? world_size() : 1); }
 
 struct Outputs {
     std::vector<float> o, dq, dk, dv;
@@ -142,8 +145,8 @@ void check_ranks_equal_one(bool causal, bool bucket, std::int64_t T, bool nccl, 
 class GpuRanks : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
 
 TEST_P(GpuRanks, EqualOneRank) {
-    if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
     const auto [causal, bucket, nccl] = GetParam();
+    if (!enough_gpus(nccl)) GTEST_SKIP() << (nccl ? "fewer GPUs than ranks" : "no GPU");
     for (std::int64_t T : {1001, 3})  // uneven shards; then fewer tokens than ranks (empty shards)
         for (bool reuse_keys : {false, true}) check_ranks_equal_one(causal, bucket, T, nccl, reuse_keys);
 }
@@ -152,17 +155,19 @@ INSTANTIATE_TEST_SUITE_P(Gpu, GpuRanks,
                          ::testing::Combine(::testing::Bool(), ::testing::Bool(), ::testing::Bool()));
 
 // bf16 on the warp-tile kernels (kernel normalisation, P = L = 4, D = 64; non-causal: v9's four
-// passes, causal: v9's key totals and v10/v11's sweeps), states combined over NCCL: T = 3001 gives
-// each of 2-4 ranks a shard of several 1024-token segments with a partial last tile.
+// passes, causal: v9's key totals and v10/v11's sweeps), states combined over NCCL where each
+// rank has a GPU of its own, else over MPI with the ranks sharing one: T = 3001 gives each of 2-4
+// ranks a shard of several 1024-token segments with a partial last tile.
 TEST(GpuRanksWarpTiles, EqualOneRank) {
-    if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
+    if (!enough_gpus(false)) GTEST_SKIP() << "no GPU";
+    const bool nccl = enough_gpus(true);
     for (bool causal : {false, true})
-        for (bool reuse_keys : {false, true}) check_ranks_equal_one(causal, false, 3001, true, reuse_keys, DType::bf16);
+        for (bool reuse_keys : {false, true}) check_ranks_equal_one(causal, false, 3001, nccl, reuse_keys, DType::bf16);
 }
 
 // The NCCL scans against their definition on distinct per-rank values.
 TEST(NcclCollectives, ScansAndAllreduce) {
-    if (!enough_gpus()) GTEST_SKIP() << "fewer GPUs than ranks";
+    if (!enough_gpus(true)) GTEST_SKIP() << "fewer GPUs than ranks";
     const int rank = world_rank(), size = world_size();
     cudaStream_t stream;
     GPU_CHECK(cudaStreamCreate(&stream));
