@@ -9,7 +9,7 @@
 // with S the state before the chunk (DESIGN.md §4). Per chunk:
 //   1. each warp computes its keys' features into the feature tile and [v, 1] into the wide tile
 //      (both wgmma::Blocked, read by wgmma); it also computes its queries' features, kept in
-//      registers; barrier;
+//      registers (v74: both projections a warpgroup's wgmma, warp16::project_group); barrier;
 //   2. each warpgroup: num = phi(q) S (S's bf16 copy) plus the chunk's keys in halves of 64,
 //      att = phi(q) phi(k)^T masked and rounded to bf16 in registers, times [v, 1]
 //      (chunk_products); each warp normalises and stores its o rows; the chunk is added to S,

@@ -24,7 +24,8 @@
 //      1 / den_i and the blocks G_i . v_j + c_i into shared memory for the keys; phi(q) / den and
 //      [G, c] into the chunk's tiles; keys: the state terms of dL/dphi(k) and dv; barrier;
 //   4. queries: the state terms and the chunk's keys j <= i, dq; keys: the chunk's queries i >= j,
-//      dk and dv; all: U plus the chunk's queries; barrier.
+//      dk and dv (v75: from dL/dphi on, one code path for both roles); all: U plus the chunk's
+//      queries; barrier.
 // v55: the two state updates (S minus the chunk's keys, U plus its queries) are wgmma products
 // per warpgroup from the feature and row tiles (wgmma.cuh; the tiles and the states' bf16 copies
 // in its layout, wgmma::Blocked); every other operand is read with ldmatrix, from the same

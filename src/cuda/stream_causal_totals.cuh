@@ -26,6 +26,7 @@
 // v50: with kKeptNormalisers, 1 / den comes from the forward (a.inv_den, written by v10 under
 // Engine::KeyTotals::keep), so steps 1 and 2 shrink to the queries' features and the reads of
 // G, o and 1 / den: no keys, no diagonal block, no Z.
+// v74: the projections are a warpgroup's wgmma (warp16::project_group).
 #pragma once
 
 #include "stream_noncausal.cuh"
