@@ -35,7 +35,7 @@ template <class T, int D>
 struct CausalLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int NTW = Base::NTW, KSD = Base::KSD, kN = Base::kW;
+    static constexpr int NTW = Base::NTW, kN = Base::kW;
     // The chunk's features and [v, 1] tiles; S's bf16 copy [feature][column] is a WideTile too
     // (features at feature_pos, feature_frag's k order), so num comes out as store_rows reads it.
     using FeatureTile = typename Base::FeatureTile;

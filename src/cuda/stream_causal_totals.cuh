@@ -37,7 +37,7 @@ template <class T, int D>
 struct CausalTotalsLayout {
     using Base = NoncausalLayout<T, D>;
     static constexpr int kWarps = Base::kWarps, kThreads = Base::kThreads, kChunk = Base::kChunk;
-    static constexpr int KSD = Base::KSD, kW = Base::kW;
+    static constexpr int kW = Base::kW;
     using FeatureTile = typename Base::FeatureTile;
     using WideTile = typename Base::WideTile;
     // zt rows: the chunk's 8 tile sums, then the sum before the chunk in two alternating copies.

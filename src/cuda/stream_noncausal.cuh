@@ -50,7 +50,7 @@ struct NoncausalLayout {
         const std::size_t frag = sizeof(uint2), b16 = sizeof(__nv_bfloat16);
         const bool grad = pass == Pass::query_state || pass == Pass::backward;
         red = take(kWarps * sizeof(double));
-        wpu = take(KSD * 2 * 32 * sizeof(uint4));
+        wpu = take(KSD * 2 * 32 * sizeof(uint4));  // the key totals: project_group's tile, the same 8 KB (D = 128)
         if (grad) wpd = take(NTD * 32 * frag);
         if (pass == Pass::forward || pass == Pass::backward) sa = take(4 * NTW * 32 * frag);
         if (grad) z = take(warp::kM * sizeof(float));

@@ -105,6 +105,18 @@ __device__ __forceinline__ void rows_frag(const warp::Rows<T, D>& x, int ks, std
     a[2] = word(x.x[0][s], 2 * c + 1), a[3] = word(x.x[1][s], 2 * c + 1);
 }
 
+// u = tanh of the projection's two parts summed: acc holds the C tiles [part][n-tile] (row g: e
+// 0, 1; row g + 8: e 2, 3; n-tile nt: table t's planes 2 nt, 2 nt + 1).
+__device__ __forceinline__ void planes_tanh(const float (&acc)[16], float (&u)[2][kP]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int p = 0; p < kP; ++p) {
+            const int e = 4 * (p / 2) + 2 * r + p % 2;  // n-tile p / 2, row r, column p % 2
+            u[r][p] = warp::fast_tanh(acc[e] + acc[8 + e]);
+        }
+}
+
 // u = tanh(x Wp^T) for the lane's rows and table t (warp::project's result). The planes are
 // the sum of two T parts (`wpu` in fragment order, arrange_projection: k-step ks, n-tile nt at
 // wpu[(ks * 2 + nt) * 32 + lane], x, y the first part, z, w the rest), so u keeps float32's
@@ -126,13 +138,7 @@ __device__ __forceinline__ void project(const warp::Rows<T, D>& x, const uint4* 
             mma<T>(acc[1][nt], a, make_uint2(w.z, w.w));
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        u[r][0] = warp::fast_tanh(acc[0][0][2 * r] + acc[1][0][2 * r]);
-        u[r][1] = warp::fast_tanh(acc[0][0][2 * r + 1] + acc[1][0][2 * r + 1]);
-        u[r][2] = warp::fast_tanh(acc[0][1][2 * r] + acc[1][1][2 * r]);
-        u[r][3] = warp::fast_tanh(acc[0][1][2 * r + 1] + acc[1][1][2 * r + 1]);
-    }
+    planes_tanh(*reinterpret_cast<const float(*)[16]>(&acc[0][0][0]), u);
 }
 
 // v74: project for the 64 rows of a warpgroup (each warp its 16, as in project) on one wgmma per
@@ -154,13 +160,7 @@ __device__ __forceinline__ void project_group(const warp::Rows<T, D>& x, const v
             acc, a, wgmma::descriptor(base + 2 * Tile::at(0, 16 * ks), Tile::kBlockBytes, Tile::kRowGroupBytes));
     }
     wgmma::commit_and_wait(acc);
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        u[r][0] = warp::fast_tanh(acc[2 * r] + acc[8 + 2 * r]);
-        u[r][1] = warp::fast_tanh(acc[2 * r + 1] + acc[8 + 2 * r + 1]);
-        u[r][2] = warp::fast_tanh(acc[4 + 2 * r] + acc[12 + 2 * r]);
-        u[r][3] = warp::fast_tanh(acc[4 + 2 * r + 1] + acc[12 + 2 * r + 1]);
-    }
+    planes_tanh(acc, u);
 }
 
 // The A fragment of k-step ks (0..3) over the features (table t, buckets 4ks .. 4ks + 3).
